@@ -1,0 +1,38 @@
+# One command each: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --constraint constraints.txt
+
+.PHONY: test lint typecheck unit demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch goes in first and pinned, so nothing later can pull a CUDA build.
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) "torch==2.13.0"
+	$(PIP) -e ".[test]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest src/icelaunch tests
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(PY) examples/train_mlp.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/launch.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,65 @@
+"""icelaunch: launch PyTorch distributed jobs from inside Python.
+
+Importing icelaunch does not import torch; the names that need it are loaded
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from icelaunch._config import (
+    Configurable,
+    clone,
+    configurable,
+    freeze,
+    frozen,
+    is_configurable,
+    make_configurable,
+)
+from icelaunch._errors import ConfigurableError, FrozenError, NotFrozenError, NotInWorkerError
+
+if TYPE_CHECKING:
+    from icelaunch._devices import parse_devices
+    from icelaunch._failures import WorkerFailedError
+    from icelaunch._launcher import ElasticLauncher
+
+__all__ = [
+    "Configurable",
+    "ConfigurableError",
+    "ElasticLauncher",
+    "FrozenError",
+    "NotFrozenError",
+    "NotInWorkerError",
+    "WorkerFailedError",
+    "clone",
+    "configurable",
+    "freeze",
+    "frozen",
+    "is_configurable",
+    "make_configurable",
+    "parse_devices",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ElasticLauncher": "icelaunch._launcher",
+    "WorkerFailedError": "icelaunch._failures",
+    "parse_devices": "icelaunch._devices",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icelaunch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,35 @@
+"""Exception hierarchy of icelaunch.
+
+::
+
+    Exception
+    ├── TypeError
+    │   └── ConfigurableError            wrong use of a Configurable (too early, unknown name)
+    │       └── FrozenError              changing a frozen Configurable
+    ├── RuntimeError
+    │   ├── NotInWorkerError             a worker-only property read outside a worker
+    │   └── ChildFailedError (torch)
+    │       └── WorkerFailedError        workers of a launch failed (defined in _failures.py)
+    └── ValueError                       bad launch arguments (raised as plain ValueError)
+
+``AttributeError`` is also raised (as ``NotFrozenError``) for attributes read
+before ``freeze()``, so ``hasattr`` keeps working on unfrozen configurables.
+"""
+
+from __future__ import annotations
+
+
+class ConfigurableError(TypeError):
+    """A Configurable was used in a way its state does not allow."""
+
+
+class FrozenError(ConfigurableError):
+    """A frozen Configurable was asked to change its arguments."""
+
+
+class NotFrozenError(AttributeError):
+    """A real attribute was read from a Configurable that is not frozen yet."""
+
+
+class NotInWorkerError(RuntimeError):
+    """A worker-only property was read outside a worker process."""
