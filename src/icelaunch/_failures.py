@@ -1,0 +1,147 @@
+"""WorkerFailedError: every failed rank, with what killed it and where."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+from icelaunch._worker import report_path
+
+_STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """How one worker failed."""
+
+    rank: int
+    local_rank: int
+    exitcode: int
+    signal_name: str | None
+    exc_type: str | None
+    message: str
+    traceback: str
+    stderr_tail: str = ""
+
+    def summary(self) -> str:
+        """One line: rank, exit status and the error."""
+        how = f"signal {self.signal_name}" if self.signal_name else f"exit code {self.exitcode}"
+        what = f"{self.exc_type}: {self.message}" if self.exc_type else self.message
+        return f"rank {self.rank} (local rank {self.local_rank}, {how}): {what}"
+
+
+class WorkerFailedError(ChildFailedError):
+    """Workers of a launch failed; ``details`` holds one :class:`RankFailure` per failed rank.
+
+    ``exceptions`` maps a rank to the worker's original exception object when it
+    could be pickled back, so callers can handle the original type.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failures: dict[int, ProcessFailure],
+        details: dict[int, RankFailure],
+        exceptions: dict[int, BaseException],
+    ) -> None:
+        self.details = dict(sorted(details.items()))
+        self.exceptions = exceptions
+        super().__init__(name, failures)
+
+    @property
+    def ranks(self) -> list[int]:
+        """The failed global ranks, sorted."""
+        return list(self.details)
+
+    def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
+        """The readable report: a summary line per rank, then each traceback."""
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed:"]
+        lines += [f"  {d.summary()}" for d in self.details.values()]
+        for d in self.details.values():
+            lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
+            if d.traceback:
+                lines.append(d.traceback.rstrip())
+            elif d.stderr_tail:
+                lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
+            else:
+                lines.append("(no traceback: the process died without raising)")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.name, self.failures, self.details, self.exceptions))
+
+
+def _signal_name(exitcode: int) -> str | None:
+    if exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _read_report(report_dir: str, restart_count: int, local_rank: int) -> dict[str, Any] | None:
+    try:
+        with open(report_path(report_dir, restart_count, local_rank), "rb") as fh:
+            report: dict[str, Any] = pickle.load(fh)
+            return report
+    except (OSError, pickle.UnpicklingError, EOFError):
+        return None
+
+
+def _tail(path: str | None) -> str:
+    if not path or not os.path.isfile(path):
+        return ""
+    with open(path, errors="replace") as fh:
+        return "".join(fh.readlines()[-_STDERR_TAIL_LINES:])
+
+
+def _unpickle(data: bytes | None) -> BaseException | None:
+    if data is None:
+        return None
+    try:
+        exc = pickle.loads(data)
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def build_error(
+    name: str,
+    failures: dict[int, ProcessFailure],
+    report_dir: str,
+    restart_count: int,
+    stderr_files: dict[int, str],
+) -> WorkerFailedError:
+    """Merge torch's per-rank failures with the reports our workers wrote.
+
+    Args:
+        name: what was launched (the function's name).
+        failures: torch's failures by global rank.
+        report_dir: where workers wrote their reports.
+        restart_count: the attempt whose reports to read.
+        stderr_files: local rank -> stderr log file, for processes that died silently.
+    """
+    details: dict[int, RankFailure] = {}
+    exceptions: dict[int, BaseException] = {}
+    for rank, failure in failures.items():
+        report = _read_report(report_dir, restart_count, failure.local_rank) or {}
+        exc = _unpickle(report.get("exception"))
+        if exc is not None:
+            exceptions[rank] = exc
+        details[rank] = RankFailure(
+            rank=rank,
+            local_rank=failure.local_rank,
+            exitcode=failure.exitcode,
+            signal_name=_signal_name(failure.exitcode),
+            exc_type=report.get("exc_type"),
+            message=report.get("message", failure.message),
+            traceback=report.get("traceback", ""),
+            stderr_tail="" if report else _tail(stderr_files.get(failure.local_rank)),
+        )
+    return WorkerFailedError(name, failures, details, exceptions)

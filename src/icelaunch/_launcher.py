@@ -1,0 +1,118 @@
+"""ElasticLauncher: the seed's configurable launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from icelaunch import _worker
+from icelaunch._config import Configurable
+from icelaunch._spec import LaunchSpec, build_spec
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _worker_property(name: str) -> property:
+    def get(self: ElasticLauncher) -> Any:
+        return getattr(_worker.current(), name)
+
+    get.__doc__ = f"``{name}`` of the current worker (only inside a worker)."
+    return property(get)
+
+
+class ElasticLauncher(Configurable):
+    """A configurable launcher on torch.distributed.elastic (the engine of ``torchrun``).
+
+    Example::
+
+        def worker(launcher):
+            print("rank", launcher.rank, "device", launcher.assigned_device)
+
+        if __name__ == "__main__":
+            launcher = ElasticLauncher("cpu:0-3").freeze()
+            launcher(worker, launcher)
+    """
+
+    _spec: LaunchSpec
+
+    def __freeze__(
+        self,
+        devices: str = "auto",
+        nnodes: str = "1:1",
+        dist_backend: str = "auto",
+        rdzv_id: str = "none",
+        rdzv_endpoint: str = "",
+        rdzv_backend: str = "static",
+        rdzv_configs: str = "",
+        standalone: bool = False,
+        max_restarts: int = 0,
+        monitor_interval: float = 5,
+        start_method: str = "spawn",
+        redirects: str = "0",
+        tee: str = "0",
+        log_dir: str | None = None,
+        role: str = "default",
+        node_rank: int = 0,
+        master_addr: str = "127.0.0.1",
+        master_port: int | None = None,
+        omp_num_threads: int = 1,
+    ) -> None:
+        """Validate every argument into a :class:`LaunchSpec`; see the README's table.
+
+        Raises:
+            ValueError: an argument breaks its rule (the message quotes it).
+            TypeError: an argument has the wrong type.
+        """
+        arguments = dict(locals())
+        del arguments["self"]
+        self._spec = build_spec(arguments)
+
+    @property
+    def spec(self) -> LaunchSpec:
+        """The validated launch description."""
+        return self._spec
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
+        """Run ``fn(*args)`` in every worker; return ``{global_rank: value}`` for this node.
+
+        Raises:
+            WorkerFailedError: a worker failed and no restart was left.
+        """
+        from icelaunch import _engine
+
+        return _engine.launch(self._spec, fn, args)
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """One device per local worker."""
+        import torch
+
+        return [torch.device(d) for d in self._spec.devices]
+
+    @property
+    def dist_backend(self) -> str:
+        """The process-group backend (``auto`` resolved)."""
+        return self._spec.dist_backend
+
+    @property
+    def assigned_device(self) -> torch.device:
+        """The device of the current worker (only inside a worker)."""
+        import torch
+
+        return torch.device(_worker.current().assigned_device)
+
+    rank = _worker_property("rank")
+    local_rank = _worker_property("local_rank")
+    world_size = _worker_property("world_size")
+    local_world_size = _worker_property("local_world_size")
+    group_rank = _worker_property("group_rank")
+    group_world_size = _worker_property("group_world_size")
+    role_rank = _worker_property("role_rank")
+    role_name = _worker_property("role_name")
+    role_world_size = _worker_property("role_world_size")
+    master_addr = _worker_property("master_addr")
+    master_port = _worker_property("master_port")
+    restart_count = _worker_property("restart_count")
+    max_restarts = _worker_property("max_restarts")
+    rdzv_id = _worker_property("rdzv_id")

@@ -1,0 +1,44 @@
+"""Free ports for the rendezvous store, and a clear error when one is taken."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
+
+PORT_RANGE = (16894, 17194)
+ATTEMPTS = 8
+
+
+class PortBusyError(RuntimeError):
+    """The rendezvous port is held by another process."""
+
+
+def free_port(low: int = PORT_RANGE[0], high: int = PORT_RANGE[1]) -> int:
+    """A port in ``[low, high]`` that nothing listens on right now (random order)."""
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise PortBusyError(f"every port in {low}-{high} is taken; pass master_port=<a free port>")
+
+
+def create_handler(params: RendezvousParameters, port: int) -> RendezvousHandler:
+    """The rendezvous handler for ``params``; a taken port raises :class:`PortBusyError`."""
+    try:
+        return rdzv_registry.get_rendezvous_handler(params)
+    except Exception as exc:
+        if "EADDRINUSE" in str(exc) or "address already in use" in str(exc).lower():
+            raise PortBusyError(
+                f"port {port} on {params.endpoint!r} is already in use by another process; "
+                f"choose another master_port (e.g. master_port=29501) or leave it None "
+                f"to have icelaunch pick a free one"
+            ) from exc
+        raise

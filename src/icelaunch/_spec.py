@@ -1,0 +1,241 @@
+"""LaunchSpec: the validated, immutable result of freezing an ElasticLauncher.
+
+Every check here is pure (no torch import, no environment change) except the
+device count that :func:`icelaunch._devices.resolve` asks torch for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from icelaunch import _devices
+
+RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
+START_METHODS = ("spawn", "fork", "forkserver")
+NUMERIC_RDZV_KEYS = (
+    "timeout",
+    "join_timeout",
+    "last_call_timeout",
+    "close_timeout",
+    "heartbeat",
+    "keep_alive_interval",
+    "keep_alive_max_attempt",
+    "read_timeout",
+)
+_STD = re.compile(r"^[0-3]$|^(\d+:[0-3])(,\d+:[0-3])*$")
+_T = TypeVar("_T")
+_RDZV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a launch needs, validated; one device name per local worker."""
+
+    devices: tuple[str, ...]
+    dist_backend: str
+    min_nodes: int
+    max_nodes: int
+    rdzv_id: str
+    rdzv_endpoint: str
+    rdzv_backend: str
+    rdzv_configs: tuple[tuple[str, str], ...]
+    standalone: bool
+    max_restarts: int
+    monitor_interval: float
+    start_method: str
+    redirects: str
+    tee: str
+    log_dir: str | None
+    role: str
+    node_rank: int
+    master_addr: str
+    master_port: int | None
+    omp_num_threads: int
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Number of workers on this node."""
+        return len(self.devices)
+
+
+def _bad(name: str, value: object, rule: str, example: str) -> ValueError:
+    return ValueError(f"invalid {name} {value!r}: {rule}, e.g. {name}={example}")
+
+
+def _require_type(name: str, value: object, kinds: tuple[type, ...], example: str) -> None:
+    if isinstance(value, bool) and bool not in kinds:
+        raise TypeError(f"{name} must be {kinds[0].__name__}, not {value!r}; e.g. {name}={example}")
+    if not isinstance(value, kinds):
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise TypeError(f"{name} must be {wanted}, not {value!r}; e.g. {name}={example}")
+
+
+def _typed(name: str, value: object, kind: type[_T], example: str) -> _T:
+    """``value`` if it is a ``kind`` (bools are not ints here), else TypeError."""
+    _require_type(name, value, (kind,), example)
+    return cast(_T, value)
+
+
+def _int(name: str, value: object, minimum: int, example: str) -> int:
+    value = _typed(name, value, int, example)
+    if value < minimum:
+        raise _bad(name, value, f"must be an integer >= {minimum}", example)
+    return value
+
+
+def parse_nnodes(nnodes: object) -> tuple[int, int]:
+    """``'2'`` -> (2, 2); ``'1:4'`` -> (1, 4)."""
+    example = "'2' or nnodes='1:4'"
+    if isinstance(nnodes, int) and not isinstance(nnodes, bool):
+        nnodes = str(nnodes)
+    nnodes = _typed("nnodes", nnodes, str, example)
+    parts = nnodes.strip().split(":")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise _bad("nnodes", nnodes, "must be a node count N or a range MIN:MAX", example)
+    low, high = int(parts[0]), int(parts[-1])
+    if low < 1 or high < low:
+        raise _bad("nnodes", nnodes, "needs 1 <= MIN <= MAX", example)
+    return low, high
+
+
+def parse_rdzv_configs(configs: object) -> tuple[tuple[str, str], ...]:
+    """``'timeout=60,join_timeout=30'`` -> (('timeout', '60'), ('join_timeout', '30'))."""
+    example = "'timeout=60,join_timeout=30'"
+    configs = _typed("rdzv_configs", configs, str, example)
+    pairs: list[tuple[str, str]] = []
+    for item in filter(None, (p.strip() for p in configs.split(","))):
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not _RDZV_KEY.match(key) or not value:
+            raise _bad("rdzv_configs", configs, f"{item!r} is not key=value", example)
+        if key in NUMERIC_RDZV_KEYS and not _is_number(value):
+            raise _bad("rdzv_configs", configs, f"{key} must be a number of seconds", example)
+        if any(k == key for k, _ in pairs):
+            raise _bad("rdzv_configs", configs, f"{key} is given twice", example)
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
+def _std(name: str, value: object) -> str:
+    example = "'3' or '0:1,1:2'"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    value = _typed(name, value, str, example)
+    if not _STD.match(value.strip()):
+        rule = "must be 0-3 (0 none, 1 stdout, 2 stderr, 3 both) or local_rank:0-3 pairs"
+        raise _bad(name, value, rule, example)
+    return value.strip()
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    text = _typed(name, value, str, repr(choices[0]))
+    if text not in choices:
+        raise _bad(name, value, f"must be one of {', '.join(choices)}", repr(choices[0]))
+    return text
+
+
+def _nonempty(name: str, value: object, example: str) -> str:
+    value = _typed(name, value, str, example)
+    if not value.strip():
+        raise _bad(name, value, "must not be empty", example)
+    return value.strip()
+
+
+def _port(value: object) -> int | None:
+    if value is None:
+        return None
+    port = _int("master_port", value, 1, "29500")
+    if port > 65535:
+        raise _bad("master_port", value, "must be a TCP port 1-65535 or None", "29500")
+    return port
+
+
+def _interval(value: object) -> float:
+    _require_type("monitor_interval", value, (int, float), "5")
+    seconds = float(cast(float, value))
+    if not 0 < seconds < float("inf"):
+        raise _bad("monitor_interval", value, "must be a positive number of seconds", "5")
+    return seconds
+
+
+def _log_dir(value: object) -> str | None:
+    if value is None:
+        return None
+    _require_type("log_dir", value, (str, os.PathLike), "'/var/log/icelaunch'")
+    path = os.fspath(value)  # type: ignore[arg-type]
+    if not str(path).strip():
+        raise _bad("log_dir", value, "must be a directory path or None", "'/tmp/logs'")
+    if os.path.isfile(path):
+        raise _bad("log_dir", value, "is a file; it must be a directory", "'/tmp/logs'")
+    return str(path)
+
+
+def _check_rendezvous(spec: LaunchSpec) -> None:
+    if spec.rdzv_backend == "static" and spec.min_nodes != spec.max_nodes:
+        raise _bad(
+            "nnodes",
+            f"{spec.min_nodes}:{spec.max_nodes}",
+            "the static rendezvous needs a fixed node count; use rdzv_backend='c10d' for a range",
+            "'2'",
+        )
+    if spec.node_rank >= spec.max_nodes:
+        raise _bad("node_rank", spec.node_rank, f"must be below nnodes ({spec.max_nodes})", "0")
+    needs_endpoint = spec.rdzv_backend != "static" and not spec.standalone
+    if needs_endpoint and not spec.rdzv_endpoint:
+        raise _bad(
+            "rdzv_endpoint",
+            spec.rdzv_endpoint,
+            f"rdzv_backend={spec.rdzv_backend!r} needs an endpoint host:port (or standalone=True)",
+            "'10.0.0.1:29400'",
+        )
+
+
+def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
+    """Validate the seed's arguments (by name) into a LaunchSpec.
+
+    Raises:
+        ValueError: a value breaks its rule (the message quotes it).
+        TypeError: a value has the wrong type.
+    """
+    a = arguments
+    devices, backend = _devices.resolve(a["devices"], a["dist_backend"])
+    min_nodes, max_nodes = parse_nnodes(a["nnodes"])
+    _require_type("standalone", a["standalone"], (bool,), "True")
+    spec = LaunchSpec(
+        devices=tuple(devices),
+        dist_backend=backend,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        rdzv_id=_nonempty("rdzv_id", a["rdzv_id"], "'job-42'"),
+        rdzv_endpoint=_str("rdzv_endpoint", a["rdzv_endpoint"]),
+        rdzv_backend=_choice("rdzv_backend", a["rdzv_backend"], RDZV_BACKENDS),
+        rdzv_configs=parse_rdzv_configs(a["rdzv_configs"]),
+        standalone=a["standalone"],
+        max_restarts=_int("max_restarts", a["max_restarts"], 0, "1"),
+        monitor_interval=_interval(a["monitor_interval"]),
+        start_method=_choice("start_method", a["start_method"], START_METHODS),
+        redirects=_std("redirects", a["redirects"]),
+        tee=_std("tee", a["tee"]),
+        log_dir=_log_dir(a["log_dir"]),
+        role=_nonempty("role", a["role"], "'trainer'"),
+        node_rank=_int("node_rank", a["node_rank"], 0, "0"),
+        master_addr=_nonempty("master_addr", a["master_addr"], "'127.0.0.1'"),
+        master_port=_port(a["master_port"]),
+        omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
+    )
+    _check_rendezvous(spec)
+    return spec
+
+
+def _str(name: str, value: object) -> str:
+    value = _typed(name, value, str, "'127.0.0.1:29400'")
+    return value.strip()

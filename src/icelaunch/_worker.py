@@ -1,0 +1,184 @@
+"""Code that runs inside each worker: context, bootstrap, failure report, done signal."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from icelaunch._errors import NotInWorkerError
+from icelaunch._spec import LaunchSpec
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker knows about itself; rebuilt from its environment and the spec."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    group_rank: int
+    group_world_size: int
+    role_rank: int
+    role_name: str
+    role_world_size: int
+    master_addr: str
+    master_port: int
+    restart_count: int
+    max_restarts: int
+    rdzv_id: str
+    assigned_device: str
+    dist_backend: str
+
+    @classmethod
+    def from_env(cls, spec: LaunchSpec, env: Mapping[str, str]) -> WorkerContext:
+        """Read the variables torch's elastic agent gives every worker."""
+        local_rank = int(env["LOCAL_RANK"])
+        return cls(
+            rank=int(env["RANK"]),
+            local_rank=local_rank,
+            world_size=int(env["WORLD_SIZE"]),
+            local_world_size=int(env["LOCAL_WORLD_SIZE"]),
+            group_rank=int(env["GROUP_RANK"]),
+            group_world_size=int(env["GROUP_WORLD_SIZE"]),
+            role_rank=int(env["ROLE_RANK"]),
+            role_name=env["ROLE_NAME"],
+            role_world_size=int(env["ROLE_WORLD_SIZE"]),
+            master_addr=env["MASTER_ADDR"],
+            master_port=int(env["MASTER_PORT"]),
+            restart_count=int(env["TORCHELASTIC_RESTART_COUNT"]),
+            max_restarts=int(env["TORCHELASTIC_MAX_RESTARTS"]),
+            rdzv_id=env["TORCHELASTIC_RUN_ID"],
+            assigned_device=spec.devices[local_rank],
+            dist_backend=spec.dist_backend,
+        )
+
+
+_current: WorkerContext | None = None
+
+
+def current() -> WorkerContext:
+    """The context of the worker this code runs in.
+
+    Raises:
+        NotInWorkerError: called outside a worker process.
+    """
+    if _current is None:
+        raise NotInWorkerError(
+            "this property exists only inside a worker process started by icelaunch: "
+            "read it in the function you launch, e.g. `def worker(launcher): launcher.rank`"
+        )
+    return _current
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the parent sends every worker: the user call and where to report."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    spec: LaunchSpec
+    report_dir: str
+    notify_path: str
+
+
+def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
+    """Where a worker writes its failure report for one attempt."""
+    return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
+
+
+def run(payload: bytes) -> Any:
+    """Worker entrypoint: set up the context and process group, run the user function."""
+    global _current
+    job: Job = pickle.loads(payload)
+    ctx = WorkerContext.from_env(job.spec, os.environ)
+    _current = ctx
+    _prepare_process(job.spec)
+    try:
+        result = _run_in_group(job, ctx)
+        _check_picklable(job.fn, ctx, result)
+    except BaseException as exc:
+        _write_report(job, ctx, exc)
+        raise
+    _notify_done(job.notify_path, ctx)
+    return result
+
+
+def _prepare_process(spec: LaunchSpec) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(spec.omp_num_threads)
+        torch.set_num_threads(spec.omp_num_threads)
+
+
+def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
+    import torch
+    import torch.distributed as dist
+
+    if ctx.assigned_device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(ctx.assigned_device))
+    options: dict[str, Any] = {}
+    if ctx.dist_backend == "nccl":
+        options["device_id"] = torch.device(ctx.assigned_device)
+    dist.init_process_group(backend=ctx.dist_backend, init_method="env://", **options)
+    try:
+        return job.fn(*job.args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _check_picklable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> None:
+    try:
+        pickle.dumps(value)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"the return value of {name} on rank {ctx.rank} cannot be pickled back to the "
+            f"launcher ({type(exc).__name__}: {exc}); return plain data such as tensors, "
+            f"numbers, lists or dicts"
+        ) from exc
+
+
+def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
+    """Save type, message, traceback and (if picklable) the exception for the parent."""
+    try:
+        pickled: bytes | None = pickle.dumps(exc)
+        pickle.loads(pickled)
+    except Exception:
+        pickled = None
+    report = {
+        "rank": ctx.rank,
+        "local_rank": ctx.local_rank,
+        "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "exception": pickled,
+    }
+    path = report_path(job.report_dir, ctx.restart_count, ctx.local_rank)
+    try:
+        with open(path + ".tmp", "wb") as fh:
+            pickle.dump(report, fh)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # the parent falls back to torch's error file and exit code
+
+
+def _notify_done(path: str, ctx: WorkerContext) -> None:
+    """Tell the agent this rank returned, so it need not wait for its next poll."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(f"{ctx.restart_count} {ctx.local_rank}".encode(), path)
+    except OSError:
+        pass  # the agent still sees the result at its next poll
