@@ -101,12 +101,15 @@ def _pidfds(pids: Any) -> Iterator[list[int]]:
                 os.close(fd)
 
 
-def _exited_without_result(pid: int) -> int | None:
-    """Exit status of ``pid`` if it has exited (without reaping it), else None."""
+def _exit_status(pid: int) -> int | None:
+    """Exit status of worker ``pid`` if it has exited, else None; the process is not reaped.
+
+    A worker already reaped by torch without a failure report exited with status 0.
+    """
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return None
+        return 0
     if info is None:
         return None
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
@@ -128,27 +131,29 @@ class _Agent(LocalElasticAgent):
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         pids = {w.local_rank: w.id for w in worker_group.workers if w.id is not None}
         self._listener.wait(pids, self._poll_interval)
+        silent = self._silent_exits(worker_group)  # before torch reaps the processes
         result: RunResult = super()._monitor_workers(worker_group)
-        if result.state == WorkerState.HEALTHY:
-            return self._silent_exits(worker_group) or result
-        return result
+        if not silent or result.state not in (WorkerState.HEALTHY, WorkerState.FAILED):
+            return result
+        silent.update(result.failures)  # torch's own record wins for a rank
+        return RunResult(state=WorkerState.FAILED, failures=silent)
 
-    def _silent_exits(self, worker_group: WorkerGroup) -> RunResult | None:
-        """Workers that exited with status 0 without returning (e.g. ``os._exit(0)``)."""
-        failures = {}
+    def _silent_exits(self, worker_group: WorkerGroup) -> dict[int, ProcessFailure]:
+        """Workers that exited without returning a result (e.g. ``os._exit(0)``)."""
+        failures: dict[int, ProcessFailure] = {}
         for w in worker_group.workers:
             if w.id is None or w.local_rank in self._listener.done:
                 continue
-            status = _exited_without_result(w.id)
-            if status is not None:
-                failures[w.global_rank] = ProcessFailure(
-                    local_rank=w.local_rank, pid=w.id, exitcode=status, error_file=""
-                )
-                failures[w.global_rank].message = (
-                    f"the worker process exited with status {status} before its function "
-                    f"returned (os._exit() or a crash in native code)"
-                )
-        return RunResult(state=WorkerState.FAILED, failures=failures) if failures else None
+            status = _exit_status(w.id)
+            if status is None:
+                continue
+            failure = ProcessFailure(local_rank=w.local_rank, pid=w.id, exitcode=status, error_file="")
+            failure.message = (
+                f"the worker process exited with status {status} before its function "
+                f"returned (os._exit() or a crash in native code)"
+            )
+            failures[w.global_rank] = failure
+        return failures
 
     @property
     def attempt(self) -> int:

@@ -27,6 +27,7 @@ class RankFailure:
     message: str
     traceback: str
     stderr_tail: str = ""
+    time: float = 0.0
 
     def summary(self) -> str:
         """One line: rank, exit status and the error."""
@@ -49,18 +50,23 @@ class WorkerFailedError(ChildFailedError):
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
     ) -> None:
-        self.details = dict(sorted(details.items()))
+        self.details = dict(sorted(details.items(), key=lambda kv: (kv[1].time, kv[0])))
         self.exceptions = exceptions
         super().__init__(name, failures)
 
     @property
     def ranks(self) -> list[int]:
         """The failed global ranks, sorted."""
-        return list(self.details)
+        return sorted(self.details)
+
+    @property
+    def first(self) -> RankFailure:
+        """The failure that happened first (the likely root cause)."""
+        return next(iter(self.details.values()))
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """The readable report: a summary line per rank, then each traceback."""
-        lines = [f"{len(self.details)} worker(s) of {self.name} failed:"]
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed, first to last:"]
         lines += [f"  {d.summary()}" for d in self.details.values()]
         for d in self.details.values():
             lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
@@ -85,13 +91,20 @@ def _signal_name(exitcode: int) -> str | None:
         return f"signal {-exitcode}"
 
 
-def _read_report(report_dir: str, restart_count: int, local_rank: int) -> dict[str, Any] | None:
-    try:
-        with open(report_path(report_dir, restart_count, local_rank), "rb") as fh:
-            report: dict[str, Any] = pickle.load(fh)
-            return report
-    except (OSError, pickle.UnpicklingError, EOFError):
-        return None
+def _read_reports(report_dir: str, restart_count: int) -> dict[int, dict[str, Any]]:
+    """Failure reports the workers of one attempt wrote, by global rank."""
+    reports: dict[int, dict[str, Any]] = {}
+    prefix = os.path.basename(report_path(report_dir, restart_count, 0)).rsplit("-", 1)[0]
+    for name in sorted(os.listdir(report_dir)):
+        if not (name.startswith(prefix + "-") and name.endswith(".pkl")):
+            continue
+        try:
+            with open(os.path.join(report_dir, name), "rb") as fh:
+                report = pickle.load(fh)
+        except (OSError, pickle.UnpicklingError, EOFError):
+            continue
+        reports[int(report["rank"])] = report
+    return reports
 
 
 def _tail(path: str | None) -> str:
@@ -129,8 +142,11 @@ def build_error(
     """
     details: dict[int, RankFailure] = {}
     exceptions: dict[int, BaseException] = {}
+    reports = _read_reports(report_dir, restart_count)
+    for rank, report in reports.items():
+        failures.setdefault(rank, _reported_failure(report))
     for rank, failure in failures.items():
-        report = _read_report(report_dir, restart_count, failure.local_rank) or {}
+        report = reports.get(rank, {})
         exc = _unpickle(report.get("exception"))
         if exc is not None:
             exceptions[rank] = exc
@@ -143,5 +159,14 @@ def build_error(
             message=report.get("message", failure.message),
             traceback=report.get("traceback", ""),
             stderr_tail="" if report else _tail(stderr_files.get(failure.local_rank)),
+            time=report.get("time", failure.timestamp),
         )
     return WorkerFailedError(name, failures, details, exceptions)
+
+
+def _reported_failure(report: dict[str, Any]) -> ProcessFailure:
+    """A torch failure record for a rank that raised but was stopped before torch saw it."""
+    failure = ProcessFailure(local_rank=report["local_rank"], pid=-1, exitcode=1, error_file="")
+    failure.message = f"{report['exc_type']}: {report['message']}"
+    failure.timestamp = int(report["time"])
+    return failure

@@ -6,6 +6,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class WorkerContext:
 
 
 _current: WorkerContext | None = None
+_failed_at: float | None = None
 
 
 def current() -> WorkerContext:
@@ -103,6 +105,11 @@ def run(payload: bytes) -> Any:
     try:
         result = _run_in_group(job, ctx)
         _check_picklable(job.fn, ctx, result)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _write_report(job, ctx, exc)
+            raise
+        result = None  # sys.exit(0) ends this rank successfully, as under torchrun
     except BaseException as exc:
         _write_report(job, ctx, exc)
         raise
@@ -126,17 +133,45 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
     import torch
     import torch.distributed as dist
 
-    if ctx.assigned_device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(ctx.assigned_device))
-    options: dict[str, Any] = {}
-    if ctx.dist_backend == "nccl":
-        options["device_id"] = torch.device(ctx.assigned_device)
-    dist.init_process_group(backend=ctx.dist_backend, init_method="env://", **options)
+    device = torch.device(ctx.assigned_device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
+    dist.init_process_group(
+        backend=ctx.dist_backend,
+        store=_attempt_store(ctx),
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        **options,
+    )
     try:
         return job.fn(*job.args)
+    except BaseException:
+        global _failed_at
+        _failed_at = time.time()  # before teardown, so the root cause sorts first
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _attempt_store(ctx: WorkerContext) -> Any:
+    """The job's store, under a prefix of its own for each restart.
+
+    torch's ``env://`` shares keys across restarts of a static rendezvous, so a
+    restarted group would read the previous attempt's (dead) peer addresses.
+    """
+    import torch.distributed as dist
+
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        ctx.master_addr,
+        ctx.master_port,
+        world_size=ctx.world_size,
+        is_master=not agent_hosts and ctx.rank == 0,
+        wait_for_workers=False,
+    )
+    return dist.PrefixStore(f"icelaunch/{ctx.rdzv_id}/attempt_{ctx.restart_count}", store)
 
 
 def _check_picklable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> None:
@@ -165,6 +200,7 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "exception": pickled,
+        "time": _failed_at or time.time(),
     }
     path = report_path(job.report_dir, ctx.restart_count, ctx.local_rank)
     try:
