@@ -283,6 +283,13 @@ def _run(
             master_port=master_port,
         )
         return _run_agent(spec, fn, worker_spec, listener, run_dir)
+    except _failures.WorkerFailedError:
+        raise
+    except Exception as exc:
+        busy = _ports.as_port_busy(exc, port)
+        if busy is exc:
+            raise
+        raise busy from exc
     finally:
         listener.close()
 

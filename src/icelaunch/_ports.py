@@ -35,10 +35,15 @@ def create_handler(params: RendezvousParameters, port: int) -> RendezvousHandler
     try:
         return rdzv_registry.get_rendezvous_handler(params)
     except Exception as exc:
-        if "EADDRINUSE" in str(exc) or "address already in use" in str(exc).lower():
-            raise PortBusyError(
-                f"port {port} on {params.endpoint!r} is already in use by another process; "
-                f"choose another master_port (e.g. master_port=29501) or leave it None "
-                f"to have icelaunch pick a free one"
-            ) from exc
-        raise
+        raise as_port_busy(exc, port) from exc
+
+
+def as_port_busy(exc: BaseException, port: int) -> BaseException:
+    """:class:`PortBusyError` naming ``port`` if ``exc`` says the port is taken, else ``exc``."""
+    text = str(exc)
+    if "EADDRINUSE" not in text and "address already in use" not in text.lower():
+        return exc
+    return PortBusyError(
+        f"port {port} is already in use by another process; choose another master_port "
+        f"(e.g. master_port=29501) or leave it None to have icelaunch pick a free one"
+    )
