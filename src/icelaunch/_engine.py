@@ -225,6 +225,20 @@ def _restored_process_state() -> Iterator[None]:
             os.environ.update(saved_env)
 
 
+@contextlib.contextmanager
+def _no_torch_temp_files() -> Iterator[None]:
+    """Remove the error files torch.multiprocessing leaves in the temp folder on failure."""
+    folder = tempfile.gettempdir()
+    before = set(os.listdir(folder))
+    try:
+        yield
+    finally:
+        for name in set(os.listdir(folder)) - before:
+            if name.startswith("pytorch-errorfile-") and name.endswith(".pickle"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
     """Run ``fn(*args)`` in every worker of this node; return values by global rank.
 
@@ -234,7 +248,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     job_dir = tempfile.mkdtemp(prefix="icelaunch_")
     try:
-        with _restored_process_state():
+        with _restored_process_state(), _no_torch_temp_files():
             return _launch_with_port_retry(spec, fn, args, job_dir)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
