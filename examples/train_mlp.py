@@ -37,8 +37,8 @@ class TrainConfig:
     features: int = 8
     num_classes: int = 4
     hidden: int = 64
-    batch_size: int = 64
-    lr: float = 0.05
+    batch_size: int = 128
+    lr: float = 0.1
     seed: int = 0
 
 

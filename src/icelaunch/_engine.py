@@ -239,6 +239,39 @@ def _no_torch_temp_files() -> Iterator[None]:
                     os.remove(os.path.join(folder, name))
 
 
+class _DropTraceback(logging.Filter):
+    """Keep torch's failure log line, drop its traceback.
+
+    WorkerFailedError carries every traceback; formatting one in torch's logging
+    imports torch._dynamo (about 0.7 s) and creates inductor cache folders.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_TORCH_FAILURE_LOGGERS = (
+    "torch.distributed.elastic.multiprocessing.api",
+    "torch.distributed.elastic.agent.server.api",
+    "torch.distributed.elastic.agent.server.local_elastic_agent",
+)
+
+
+@contextlib.contextmanager
+def _torch_logs_without_tracebacks() -> Iterator[None]:
+    drop = _DropTraceback()
+    loggers = [logging.getLogger(name) for name in _TORCH_FAILURE_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+
+
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
     """Run ``fn(*args)`` in every worker of this node; return values by global rank.
 
@@ -248,7 +281,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     job_dir = tempfile.mkdtemp(prefix="icelaunch_")
     try:
-        with _restored_process_state(), _no_torch_temp_files():
+        with _restored_process_state(), _no_torch_temp_files(), _torch_logs_without_tracebacks():
             return _launch_with_port_retry(spec, fn, args, job_dir)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
