@@ -166,7 +166,7 @@ def test_restart_after_failure_shows_restart_count() -> None:
 
 def test_restarts_exhausted_reports_last_attempt() -> None:
     launcher = ElasticLauncher("cpu:0-1", max_restarts=1, **FAST).freeze()
-    with pytest.raises(WorkerFailedError, match="rank one gives up|CustomError"):
+    with pytest.raises(WorkerFailedError, match=r"rank one gives up|CustomError"):
         launcher(failing_worker, launcher)
 
 
@@ -180,7 +180,7 @@ def test_log_dir_keeps_per_rank_files(tmp_path: Path, capfd: pytest.CaptureFixtu
         rank_dir = job_dir / "attempt_0" / str(rank)
         assert f"hello from rank {rank}" in (rank_dir / "stdout.log").read_text()
         assert f"oops from rank {rank}" in (rank_dir / "stderr.log").read_text()
-    out, err = capfd.readouterr()
+    out, _ = capfd.readouterr()
     assert "hello from rank" not in out  # redirected, not teed
 
 

@@ -12,8 +12,8 @@ using its ``__init__`` as ``__freeze__``; the original class is never modified.
 >>> i = AClass(b=0)
 >>> i[0] = 2
 >>> i["b"] = 1
->>> i.update({"c": 3, "d": 4})
->>> i.update(d=5)
+>>> _ = i.update({"c": 3, "d": 4})
+>>> _ = i.update(d=5)
 >>> i
 AClass(a=2, b=1, c=3, d=5)
 >>> i.freeze() is i
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import functools
 import inspect
 import sys
 from collections.abc import Mapping
@@ -48,11 +47,15 @@ class _State(enum.Enum):
     FROZEN = "frozen"
 
 
-@functools.lru_cache(maxsize=None)
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
 def _signature(cls: type) -> inspect.Signature:
-    """The argument signature of ``cls.__freeze__`` without ``self``."""
-    params = list(inspect.signature(cls.__freeze__).parameters.values())  # type: ignore[attr-defined]
-    return inspect.Signature(params[1:])
+    """The argument signature of ``cls.__freeze__`` without ``self`` (cached per class)."""
+    if cls not in _SIGNATURES:
+        params = list(inspect.signature(cls.__freeze__).parameters.values())  # type: ignore[attr-defined]
+        _SIGNATURES[cls] = inspect.Signature(params[1:])
+    return _SIGNATURES[cls]
 
 
 def _var_keyword(sig: inspect.Signature) -> str | None:
@@ -132,7 +135,7 @@ class Configurable:
 
     def __getitem__(self, key: str | int) -> Any:
         real = _next_method(self, "__getitem__")
-        if real is not None and _is_frozen(self):
+        if real is not None and not _is_recording(self):
             return real(key)
         sig = _signature(type(self))
         name = _resolve_key(self, sig, key)
@@ -148,7 +151,7 @@ class Configurable:
 
     def __setitem__(self, key: str | int, value: Any) -> None:
         real = _next_method(self, "__setitem__")
-        if real is not None and _is_frozen(self):
+        if real is not None and not _is_recording(self):
             real(key, value)
             return
         self._check_editable(f"[{key!r}] = ...")
@@ -160,8 +163,14 @@ class Configurable:
         else:
             self._cfg_args.setdefault(varkw, {})[name] = value
 
-    def update(self: _C, *mapping: Mapping[str, Any], **kwargs: Any) -> _C:
-        """Change several arguments by name: ``update({"a": 1})`` or ``update(a=1)``."""
+    def update(self, *mapping: Mapping[str, Any], **kwargs: Any) -> Any:
+        """Change several arguments by name: ``update({"a": 1})`` or ``update(a=1)``.
+
+        Once built, a class's own ``update`` (e.g. ``nn.ModuleDict.update``) is used.
+        """
+        real = _next_method(self, "update")
+        if real is not None and not _is_recording(self):
+            return real(*mapping, **kwargs)
         self._check_editable("update(...)")
         for m in mapping:
             for key, value in dict(m).items():
@@ -209,6 +218,10 @@ class Configurable:
 
 def _is_frozen(obj: Configurable) -> bool:
     return obj.__dict__.get(_STATE) is _State.FROZEN
+
+
+def _is_recording(obj: Configurable) -> bool:
+    return obj.__dict__.get(_STATE) is _State.RECORDED
 
 
 def _is_dunder(name: str) -> bool:
@@ -260,13 +273,19 @@ def _construction_repr(obj: Configurable) -> str:
     params = [p for p in sig.parameters.values() if p.name in args]
     has_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     parts: list[str] = []
-    for p in params:
+    gap = False  # a positional-only argument was skipped: later ones cannot be positional
+    for p in sig.parameters.values():
+        if p.name not in args:
+            gap = gap or p.kind is inspect.Parameter.POSITIONAL_ONLY
+            continue
         value = args[p.name]
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             parts += [repr(v) for v in value]
         elif p.kind is inspect.Parameter.VAR_KEYWORD:
             parts += [f"{k}={v!r}" for k, v in value.items()]
-        elif p.kind is inspect.Parameter.POSITIONAL_ONLY or (has_varargs and p.kind in _NAMED):
+        elif (p.kind is inspect.Parameter.POSITIONAL_ONLY and not gap) or (
+            has_varargs and p.kind in _NAMED
+        ):
             parts.append(repr(value))
         else:
             parts.append(f"{p.name}={value!r}")
@@ -305,7 +324,8 @@ def configurable(cls: type[_T]) -> type[_T]:
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
         }
-        _DERIVED[cls] = type(cls)(cls.__name__, (Configurable, cls), namespace)
+        metaclass: Any = type(cls)
+        _DERIVED[cls] = metaclass(cls.__name__, (Configurable, cls), namespace)
     return _DERIVED[cls]
 
 
@@ -315,7 +335,7 @@ def make_configurable(*classes: type) -> Any:
     Returns one class for one argument, else a tuple, in order. The same class
     always gives the same configurable class; the originals are not modified.
     """
-    made = tuple(configurable(c) for c in classes)
+    made: tuple[type, ...] = tuple(configurable(c) for c in classes)
     return made[0] if len(made) == 1 else made
 
 
@@ -361,10 +381,19 @@ def clone(obj: _T, deepcopy: bool = True) -> _T:
     """
     if isinstance(obj, Configurable):
         return obj.clone(deepcopy)  # type: ignore[return-value]
-    if isinstance(obj, list):
-        return [clone(v, deepcopy) for v in obj]  # type: ignore[return-value]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(clone(v, deepcopy) for v in obj)  # type: ignore[return-value]
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(clone(v, deepcopy) for v in obj))  # type: ignore[return-value]
+    if isinstance(obj, (list, tuple)):
+        items = [clone(v, deepcopy) for v in obj]
+        if type(obj) in (list, tuple):
+            return type(obj)(items)  # type: ignore[return-value]
+        new_seq = copy.copy(obj)
+        if isinstance(new_seq, list):
+            new_seq[:] = items
+        return new_seq  # type: ignore[return-value]
     if isinstance(obj, dict):
-        return type(obj)((k, clone(v, deepcopy)) for k, v in obj.items())  # type: ignore[return-value,call-arg]
+        new_map = copy.copy(obj)  # keeps the dict subclass and its extras (default_factory)
+        for k, v in obj.items():
+            new_map[k] = clone(v, deepcopy)
+        return new_map
     return copy.deepcopy(obj) if deepcopy else obj

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 KINDS = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "nccl", "gloo", "mpi")
-VALID_FORMS = "'auto', 'cpu', 'cuda', 'cuda:0', 'cuda:*', 'auto:*', 'cuda:1,3', 'cuda:0-2,7', 'cpu:0-3'"
+VALID_FORMS = (
+    "'auto', 'cpu', 'cuda', 'cuda:0', 'cuda:*', 'auto:*', 'cuda:1,3', 'cuda:0-2,7', 'cpu:0-3'"
+)
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -62,7 +64,9 @@ def parse_device_spec(spec: str) -> DeviceRequest:
     if rest == "*":
         return DeviceRequest(kind, None, True)
     if not rest:
-        raise _invalid(spec, "a ':' must be followed by '*' or a list of indices, e.g. 'cuda:0-2,7'")
+        raise _invalid(
+            spec, "a ':' must be followed by '*' or a list of indices, e.g. 'cuda:0-2,7'"
+        )
     return DeviceRequest(kind, _parse_list(spec, rest), False)
 
 
@@ -71,9 +75,7 @@ def _parse_list(spec: str, text: str) -> tuple[int, ...]:
     for item in text.split(","):
         match = _ITEM.match(item.strip())
         if match is None:
-            raise _invalid(
-                spec, f"{item!r} is not an index or a range of indices, e.g. '0', '0-2'"
-            )
+            raise _invalid(spec, f"{item!r} is not an index or a range of indices, e.g. '0', '0-2'")
         first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if last < first:
             raise _invalid(spec, f"a range must go upwards, e.g. '{last}-{first}' not '{item}'")

@@ -25,7 +25,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
-from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
+from torch.distributed.elastic.agent.server.api import (
+    RunResult,
+    WorkerGroup,
+    WorkerSpec,
+    WorkerState,
+)
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -78,7 +83,7 @@ class _DoneListener:
         with _pidfds(pids.values()) as fds:
             if any(fd < 0 for fd in fds):
                 return
-            select.select([self._sock, *fds], [], [], timeout)
+            select.select([self._sock.fileno(), *fds], [], [], timeout)
         self._drain()
 
     def close(self) -> None:
@@ -147,7 +152,9 @@ class _Agent(LocalElasticAgent):
             status = _exit_status(w.id)
             if status is None:
                 continue
-            failure = ProcessFailure(local_rank=w.local_rank, pid=w.id, exitcode=status, error_file="")
+            failure = ProcessFailure(
+                local_rank=w.local_rank, pid=w.id, exitcode=status, error_file=""
+            )
             failure.message = (
                 f"the worker process exited with status {status} before its function "
                 f"returned (os._exit() or a crash in native code)"

@@ -171,7 +171,7 @@ def _log_dir(value: object) -> str | None:
     if value is None:
         return None
     _require_type("log_dir", value, (str, os.PathLike), "'/var/log/icelaunch'")
-    path = os.fspath(value)  # type: ignore[arg-type]
+    path = os.fspath(cast("str | os.PathLike[str]", value))
     if not str(path).strip():
         raise _bad("log_dir", value, "must be a directory path or None", "'/tmp/logs'")
     if os.path.isfile(path):

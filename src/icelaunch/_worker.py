@@ -161,17 +161,17 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     torch's ``env://`` shares keys across restarts of a static rendezvous, so a
     restarted group would read the previous attempt's (dead) peer addresses.
     """
-    import torch.distributed as dist
+    from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(
+    store = TCPStore(
         ctx.master_addr,
         ctx.master_port,
         world_size=ctx.world_size,
         is_master=not agent_hosts and ctx.rank == 0,
         wait_for_workers=False,
     )
-    return dist.PrefixStore(f"icelaunch/{ctx.rdzv_id}/attempt_{ctx.restart_count}", store)
+    return PrefixStore(f"icelaunch/{ctx.rdzv_id}/attempt_{ctx.restart_count}", store)
 
 
 def _check_picklable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> None:
@@ -188,9 +188,10 @@ def _check_picklable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> 
 
 def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
     """Save type, message, traceback and (if picklable) the exception for the parent."""
+    pickled: bytes | None
     try:
-        pickled: bytes | None = pickle.dumps(exc)
-        pickle.loads(pickled)
+        pickled = pickle.dumps(exc)
+        pickle.loads(pickled)  # the parent must be able to load it too
     except Exception:
         pickled = None
     report = {
