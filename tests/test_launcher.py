@@ -240,3 +240,17 @@ def test_seed_defaults_launch() -> None:
     """The seed's defaults (monitor_interval=5) still return as soon as workers finish."""
     launcher = ElasticLauncher("cpu:0-1").freeze()
     assert launcher(all_reduce_worker, launcher) == {0: 3.0, 1: 3.0}
+
+
+def test_seed_example_runs() -> None:
+    example = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    proc = subprocess.run(
+        [sys.executable, str(example), "cpu:0-1"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[rank1]: device cpu" in proc.stdout
+    assert "{0: 0, 1: 10}" in proc.stdout

@@ -373,7 +373,7 @@ def _run_agent(
         result = agent.run()
         if result.is_failed():
             raise _failed(fn, result, run_dir, agent, logs)
-        return dict(result.return_values)
+        return dict(sorted(result.return_values.items()))
     except SignalException as exc:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         if exc.sigval == signal.SIGINT:
