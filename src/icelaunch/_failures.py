@@ -150,18 +150,27 @@ def build_error(
         exc = _unpickle(report.get("exception"))
         if exc is not None:
             exceptions[rank] = exc
+        tail = "" if report else _tail(stderr_files.get(failure.local_rank))
         details[rank] = RankFailure(
             rank=rank,
             local_rank=failure.local_rank,
             exitcode=failure.exitcode,
             signal_name=_signal_name(failure.exitcode),
             exc_type=report.get("exc_type"),
-            message=report.get("message", failure.message),
+            message=report.get("message") or _message(failure, tail),
             traceback=report.get("traceback", ""),
-            stderr_tail="" if report else _tail(stderr_files.get(failure.local_rank)),
+            stderr_tail=tail,
             time=report.get("time", failure.timestamp),
         )
     return WorkerFailedError(name, failures, details, exceptions)
+
+
+def _message(failure: ProcessFailure, stderr_tail: str) -> str:
+    """torch's message, unless it is only its hint about @record: then the last stderr line."""
+    lines = [line for line in stderr_tail.splitlines() if line.strip()]
+    if lines and failure.message.startswith("To enable traceback"):
+        return lines[-1].strip()
+    return str(failure.message)
 
 
 def _reported_failure(report: dict[str, Any]) -> ProcessFailure:

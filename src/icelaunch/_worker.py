@@ -61,16 +61,22 @@ class WorkerContext:
         )
 
 
+SPEC_ENV = "ICELAUNCH_SPEC"  # set for launched scripts by _engine.launch_command
 _current: WorkerContext | None = None
 _failed_at: float | None = None
 
 
 def current() -> WorkerContext:
-    """The context of the worker this code runs in.
+    """The context of the worker this code runs in (a launched function or script).
 
     Raises:
         NotInWorkerError: called outside a worker process.
     """
+    global _current
+    if _current is None and SPEC_ENV in os.environ and "LOCAL_RANK" in os.environ:
+        from icelaunch._engine import spec_from_env
+
+        _current = WorkerContext.from_env(spec_from_env(os.environ[SPEC_ENV]), os.environ)
     if _current is None:
         raise NotInWorkerError(
             "this property exists only inside a worker process started by icelaunch: "

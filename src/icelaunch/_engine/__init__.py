@@ -1,0 +1,217 @@
+"""The only package that talks to torch.distributed.elastic.
+
+It assembles torch's public pieces (``RendezvousParameters``, the rendezvous
+registry, ``WorkerSpec``, ``LocalElasticAgent``, ``DefaultLogsSpecs``) the way
+``torch.distributed.launcher.api.launch_agent`` does, with these changes: the
+agent wakes up as soon as a worker returns or dies instead of sleeping
+``monitor_interval`` seconds, a worker that exits without returning counts as
+failed instead of hanging the launch, every failed rank is reported, and the
+caller's signal handlers, environment and temp folder are left as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cloudpickle
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+from torch.distributed.elastic.multiprocessing.api import SignalException
+
+from icelaunch import _failures, _ports, _worker
+from icelaunch._engine import _hygiene, _setup
+from icelaunch._engine._agent import Agent, DoneListener
+from icelaunch._spec import LaunchSpec
+
+logger = logging.getLogger(__name__)
+
+LINE_PREFIX = "[rank${rank}]: "
+SHUTDOWN_TIMEOUT_S = 3
+SPEC_ENV = _worker.SPEC_ENV
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the workers run: torch's entrypoint and arguments, and how they end."""
+
+    name: str
+    entrypoint: Callable[..., Any] | str
+    args: tuple[Any, ...]
+    reports_done: bool
+
+
+def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
+    """Run ``fn(*args)`` in every worker of this node; return values by global rank.
+
+    Raises:
+        WorkerFailedError: workers failed and no restart was left.
+        KeyboardInterrupt: the launching process got SIGINT.
+    """
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+
+    def target(run_dir: str) -> _Target:
+        job = _worker.Job(fn, args, spec, run_dir, os.path.join(run_dir, "done.sock"))
+        return _Target(name, _worker.run, (cloudpickle.dumps(job),), reports_done=True)
+
+    return _launch(spec, target)
+
+
+def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
+    """Run the command ``argv`` (e.g. ``[sys.executable, "-u", "train.py"]``) in every worker.
+
+    Workers find the spec in ``ICELAUNCH_SPEC`` (see :func:`icelaunch.current`).
+
+    Raises:
+        WorkerFailedError: workers failed and no restart was left.
+    """
+    name = " ".join(argv)
+
+    def target(run_dir: str) -> _Target:
+        return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
+
+    with _hygiene.restored_process_state():
+        os.environ[SPEC_ENV] = json.dumps(asdict(spec))  # inherited by the workers only
+        _launch(spec, target)
+
+
+def spec_from_env(text: str) -> LaunchSpec:
+    """The LaunchSpec that :func:`launch_command` put in a worker's environment."""
+    data = json.loads(text)
+    data["devices"] = tuple(data["devices"])
+    data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
+    return LaunchSpec(**data)
+
+
+def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    job_dir = tempfile.mkdtemp(prefix="icelaunch_")
+    try:
+        with (
+            _hygiene.restored_process_state(),
+            _hygiene.no_torch_temp_files(),
+            _hygiene.torch_logs_without_tracebacks(),
+        ):
+            return _launch_with_port_retry(spec, target, job_dir)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _launch_with_port_retry(
+    spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
+) -> dict[int, Any]:
+    chosen = spec.master_port is None or spec.standalone
+    for attempt in range(_ports.ATTEMPTS):
+        port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
+        run_dir = os.path.join(job_dir, str(attempt))
+        os.makedirs(run_dir)
+        try:
+            with _port_errors(port):
+                return _run(spec, target(run_dir), run_dir, port)
+        except _ports.PortBusyError:
+            if not chosen:
+                raise
+            logger.debug("port %s was taken meanwhile; trying another", port)
+    raise _ports.PortBusyError(f"no free port found after {_ports.ATTEMPTS} attempts")
+
+
+@contextlib.contextmanager
+def _port_errors(port: int) -> Iterator[None]:
+    """Turn torch's "address already in use" into a PortBusyError naming the port."""
+    try:
+        yield
+    except _failures.WorkerFailedError:
+        raise
+    except Exception as exc:
+        busy = _ports.as_port_busy(exc, port)
+        if busy is exc:
+            raise
+        raise busy from exc
+
+
+def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int, Any]:
+    listener = DoneListener(os.path.join(run_dir, "done.sock"))
+    try:
+        rdzv_params, master_addr, master_port = _setup.rendezvous_parameters(spec, port)
+        worker_spec = WorkerSpec(
+            role=spec.role,
+            local_world_size=spec.nproc_per_node,
+            entrypoint=target.entrypoint,
+            args=target.args,
+            rdzv_handler=_ports.create_handler(rdzv_params, port),
+            max_restarts=spec.max_restarts,
+            monitor_interval=1e-6,  # the agent's own sleep; Agent waits on events instead
+            master_addr=master_addr,
+            master_port=master_port,
+        )
+        return _run_agent(spec, target, worker_spec, listener, run_dir)
+    finally:
+        listener.close()
+
+
+def _run_agent(
+    spec: LaunchSpec,
+    target: _Target,
+    worker_spec: WorkerSpec,
+    listener: DoneListener,
+    run_dir: str,
+) -> dict[int, Any]:
+    only_file, teed = _setup.std_maps(spec)
+    logs = DefaultLogsSpecs(
+        log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
+    )
+    agent = Agent(
+        listener=listener,
+        poll_interval=spec.monitor_interval,
+        reports_done=target.reports_done,
+        spec=worker_spec,
+        logs_specs=logs,
+        start_method=spec.start_method,
+        log_line_prefix_template=LINE_PREFIX,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    shutdown_rdzv = True
+    try:
+        result = agent.run()
+        if result.is_failed():
+            raise _failed(target.name, result, run_dir, agent, logs)
+        return dict(sorted(result.return_values.items()))
+    except SignalException as exc:
+        shutdown_rdzv = False  # keep the rendezvous open for the other nodes
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if shutdown_rdzv:
+            worker_spec.rdzv_handler.shutdown()
+
+
+def _failed(
+    name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
+) -> _failures.WorkerFailedError:
+    stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
+    return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
+
+
+def _stderr_files(root: str, attempt: int) -> dict[int, str]:
+    """Local rank -> newest stderr log of ``attempt`` under ``root`` (a reused log_dir
+    holds earlier runs too)."""
+    found: dict[int, str] = {}
+    for dirpath, _, files in os.walk(root):
+        if "stderr.log" not in files or os.path.basename(os.path.dirname(dirpath)) != (
+            f"attempt_{attempt}"
+        ):
+            continue
+        with contextlib.suppress(ValueError):
+            path = os.path.join(dirpath, "stderr.log")
+            rank = int(os.path.basename(dirpath))
+            if rank not in found or os.path.getmtime(path) > os.path.getmtime(found[rank]):
+                found[rank] = path
+    return found

@@ -1,0 +1,151 @@
+"""LocalElasticAgent that reacts to worker events instead of sleeping between polls."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
+from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+_RESULT_SPIN_S = 0.002
+
+
+class DoneListener:
+    """Receives "rank returned" datagrams from workers and waits for events."""
+
+    def __init__(self, path: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(path)
+        self._sock.setblocking(False)
+        self.done: set[int] = set()
+        self.attempt = -1
+
+    def new_attempt(self) -> None:
+        self._drain()
+        self.attempt += 1
+        self.done.clear()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(64)
+            except BlockingIOError:
+                return
+            attempt, local_rank = (int(x) for x in data.split())
+            if attempt == self.attempt:
+                self.done.add(local_rank)
+
+    def wait(self, pids: dict[int, int], timeout: float) -> None:
+        """Return when a worker reports, a worker process exits, or ``timeout`` passes."""
+        self._drain()
+        if len(self.done) == len(pids):
+            time.sleep(_RESULT_SPIN_S)  # the return value is being queued right now
+            return
+        with pidfds(pids.values()) as fds:
+            if any(fd < 0 for fd in fds):
+                return
+            select.select([self._sock.fileno(), *fds], [], [], timeout)
+        self._drain()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@contextlib.contextmanager
+def pidfds(pids: Any) -> Iterator[list[int]]:
+    fds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                fds.append(-1)
+        yield fds
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def exit_status(pid: int) -> int | None:
+    """Exit status of worker ``pid`` if it has exited, else None; the process is not reaped.
+
+    A worker already reaped by torch without a failure report exited with status 0.
+    """
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return 0
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+class Agent(LocalElasticAgent):
+    """LocalElasticAgent that waits on worker events instead of fixed sleeps."""
+
+    def __init__(
+        self,
+        *,
+        listener: DoneListener,
+        poll_interval: float,
+        reports_done: bool,
+        **kwargs: Any,
+    ) -> None:
+        """Args:
+        listener: receives the workers' "returned" messages.
+        poll_interval: longest wait between two looks at the workers.
+        reports_done: workers announce their return (function entrypoints); a
+            worker that exits without announcing has failed. Commands just exit.
+        """
+        super().__init__(**kwargs)
+        self._listener = listener
+        self._poll_interval = poll_interval
+        self._reports_done = reports_done
+
+    def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
+        self._listener.new_attempt()
+        started: dict[int, Any] = super()._start_workers(worker_group)
+        return started
+
+    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+        pids = {w.local_rank: w.id for w in worker_group.workers if w.id is not None}
+        self._listener.wait(pids, self._poll_interval)
+        # silent exits are looked for before torch's poll reaps the processes
+        silent = self._silent_exits(worker_group) if self._reports_done else {}
+        result: RunResult = super()._monitor_workers(worker_group)
+        if not silent or result.state not in (WorkerState.HEALTHY, WorkerState.FAILED):
+            return result
+        silent.update(result.failures)  # torch's own record wins for a rank
+        return RunResult(state=WorkerState.FAILED, failures=silent)
+
+    def _silent_exits(self, worker_group: WorkerGroup) -> dict[int, ProcessFailure]:
+        """Workers that exited without returning a result (e.g. ``os._exit(0)``)."""
+        failures: dict[int, ProcessFailure] = {}
+        for w in worker_group.workers:
+            if w.id is None or w.local_rank in self._listener.done:
+                continue
+            status = exit_status(w.id)
+            if status is None:
+                continue
+            failure = ProcessFailure(
+                local_rank=w.local_rank, pid=w.id, exitcode=status, error_file=""
+            )
+            failure.message = (
+                f"the worker process exited with status {status} before its function "
+                f"returned (os._exit() or a crash in native code)"
+            )
+            failures[w.global_rank] = failure
+        return failures
+
+    @property
+    def attempt(self) -> int:
+        """The attempt that ran last (0 for the first, 1 after one restart, ...)."""
+        return self._listener.attempt

@@ -1,0 +1,79 @@
+"""Leave the launching process as it was: signal handlers, environment, temp folder, logs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+
+_HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+
+
+@contextlib.contextmanager
+def restored_process_state() -> Iterator[None]:
+    """Put back the caller's signal handlers and environment, whatever happens."""
+    saved_env = dict(os.environ)
+    handlers = {}
+    for name in _HANDLED_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            handlers[sig] = signal.getsignal(sig)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread
+                signal.signal(sig, handler)
+        if os.environ != saved_env:
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+
+@contextlib.contextmanager
+def no_torch_temp_files() -> Iterator[None]:
+    """Remove the error files torch.multiprocessing leaves in the temp folder on failure."""
+    folder = tempfile.gettempdir()
+    before = set(os.listdir(folder))
+    try:
+        yield
+    finally:
+        for name in set(os.listdir(folder)) - before:
+            if name.startswith("pytorch-errorfile-") and name.endswith(".pickle"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
+class _DropTraceback(logging.Filter):
+    """Keep torch's failure log line, drop its traceback.
+
+    WorkerFailedError carries every traceback; formatting one in torch's logging
+    imports torch._dynamo (about 0.7 s) and creates inductor cache folders.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_TORCH_FAILURE_LOGGERS = (
+    "torch.distributed.elastic.multiprocessing.api",
+    "torch.distributed.elastic.agent.server.api",
+    "torch.distributed.elastic.agent.server.local_elastic_agent",
+)
+
+
+@contextlib.contextmanager
+def torch_logs_without_tracebacks() -> Iterator[None]:
+    drop = _DropTraceback()
+    loggers = [logging.getLogger(name) for name in _TORCH_FAILURE_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)

@@ -1,0 +1,59 @@
+"""Translate a LaunchSpec into torch.distributed.elastic's configuration objects."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing import Std
+from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+from icelaunch._spec import LaunchSpec
+
+DEFAULT_RDZV_TIMEOUT_S = 900
+
+
+def std_maps(spec: LaunchSpec) -> tuple[dict[int, Std], dict[int, Std]]:
+    """Per local rank: what goes to files only, and what is teed with a rank prefix.
+
+    Everything the user did not redirect is teed, so console lines carry the rank.
+    """
+    n = spec.nproc_per_node
+    redirects = _expand(Std.from_str(spec.redirects), n)
+    tee = _expand(Std.from_str(spec.tee), n)
+    teed = {r: Std(int(tee[r]) | (int(Std.ALL) & ~int(redirects[r]))) for r in range(n)}
+    only_file = {r: Std(int(redirects[r]) & ~int(teed[r])) for r in range(n)}
+    return only_file, teed
+
+
+def _expand(value: Std | dict[int, Std], n: int) -> dict[int, Std]:
+    if isinstance(value, dict):
+        return {r: value.get(r, Std.NONE) for r in range(n)}
+    return dict.fromkeys(range(n), value)
+
+
+def rendezvous_parameters(
+    spec: LaunchSpec, port: int
+) -> tuple[RendezvousParameters, str | None, int | None]:
+    """Rendezvous parameters, plus master address and port for the static backend."""
+    configs: dict[str, Any] = dict(spec.rdzv_configs)
+    configs.setdefault("timeout", DEFAULT_RDZV_TIMEOUT_S)
+    backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, spec.rdzv_id
+    master: tuple[str | None, int | None] = (None, None)
+    if spec.standalone:
+        backend, endpoint, run_id = "c10d", f"127.0.0.1:{port}", str(uuid.uuid4())
+        configs["is_host"] = True  # fail on a taken port instead of joining a stranger
+    elif backend == "static":
+        endpoint = endpoint or f"{spec.master_addr}:{port}"
+        host, _, static_port = endpoint.rpartition(":")
+        master = (host.strip("[]"), int(static_port))
+        configs["rank"] = spec.node_rank
+    params = RendezvousParameters(
+        backend=backend,
+        endpoint=endpoint,
+        run_id=run_id,
+        min_nodes=spec.min_nodes,
+        max_nodes=spec.max_nodes,
+        **configs,
+    )
+    return params, master[0], master[1]
