@@ -35,6 +35,8 @@ class TrainConfig:
     samples: int = 12_288
     test_samples: int = 2_048
     features: int = 8
+    # Not `classes`: cloudpickle, which ships this file's functions to the workers,
+    # would take `config.classes` for the `torch.classes` pseudo-module and fail.
     num_classes: int = 4
     hidden: int = 64
     batch_size: int = 128
@@ -43,7 +45,7 @@ class TrainConfig:
 
 
 def make_blobs(config: TrainConfig, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` points around ``config.num_classes`` fixed centres; centres depend on ``config.seed`` only."""
+    """``n`` labelled points around fixed class centres (the centres depend on ``config.seed``)."""
     centres = torch.randn(
         config.num_classes, config.features, generator=torch.Generator().manual_seed(config.seed)
     )
@@ -70,6 +72,7 @@ def _global_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _global_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks."""
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
@@ -110,8 +113,10 @@ def train(launcher: ElasticLauncher, config: TrainConfig) -> dict[str, float]:
     device = launcher.assigned_device
     x, y = make_blobs(config, config.samples, seed=config.seed + 1)
     x_test, y_test = make_blobs(config, config.test_samples, seed=config.seed + 2)
-    sampler = DistributedSampler(TensorDataset(x, y), seed=config.seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=config.batch_size, sampler=sampler)
+    dataset = TensorDataset(x, y)
+    # This rank's shard; set_epoch() below reshuffles it identically on every rank.
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
 
     torch.manual_seed(config.seed)
     module = make_model(config).to(device)
@@ -125,8 +130,8 @@ def train(launcher: ElasticLauncher, config: TrainConfig) -> dict[str, float]:
         start = time.perf_counter()
         loss_sum, count = _train_epoch(model, loader, optimizer, device)
         elapsed = _global_max(time.perf_counter() - start, device)
-        loss_sum, count = _global_sum([loss_sum, float(count)], device)
-        loss, samples_per_s = loss_sum / count, count / elapsed
+        total_loss, total_count = _global_sum([loss_sum, float(count)], device)
+        loss, samples_per_s = total_loss / total_count, total_count / elapsed
         if launcher.rank == 0:
             print(
                 f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  "
@@ -137,14 +142,23 @@ def train(launcher: ElasticLauncher, config: TrainConfig) -> dict[str, float]:
     return {"loss": loss, "accuracy": accuracy, "samples_per_s": samples_per_s}
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer, e.g. 3")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--devices`` defaults to every GPU, else four CPU workers."""
     default_devices = "cuda:*" if torch.cuda.is_available() else "cpu:0-3"
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Train an MLP with DDP, launched by icelaunch.")
     parser.add_argument("--devices", default=default_devices, help="icelaunch device spec")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--samples", type=int, default=defaults.samples, help="training samples")
+    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    parser.add_argument(
+        "--samples", type=_positive_int, default=defaults.samples, help="training samples"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     return parser.parse_args(argv)
 
@@ -157,16 +171,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     launcher = ElasticLauncher(args.devices).freeze()
     results: dict[int, dict[str, float]] = launcher(train, launcher, config)
     summary: dict[str, Any] = {
-        "world_size": len(results),
+        "workers": len(results),
         "devices": args.devices,
-        "loss": results[0]["loss"],
-        "accuracy": min(r["accuracy"] for r in results.values()),
-        "samples_per_s": results[0]["samples_per_s"],
+        **results[min(results)],  # every rank returns the same all-reduced numbers
         "chance": 1 / config.num_classes,
         "wall_s": time.perf_counter() - start,
     }
     print(
-        f"done: {summary['world_size']} workers on {args.devices}, "
+        f"done: {summary['workers']} workers on {args.devices}, "
         f"final loss {summary['loss']:.4f}, held-out accuracy {summary['accuracy']:.1%} "
         f"(chance {summary['chance']:.0%}), {summary['samples_per_s']:,.0f} samples/s, "
         f"{summary['wall_s']:.1f} s"

@@ -60,9 +60,23 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
 
     def target(run_dir: str) -> _Target:
         job = _worker.Job(fn, args, spec, run_dir, os.path.join(run_dir, "done.sock"))
-        return _Target(name, _worker.run, (cloudpickle.dumps(job),), reports_done=True)
+        return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
 
     return _launch(spec, target)
+
+
+def _payload(name: str, job: _worker.Job) -> bytes:
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
+    try:
+        data: bytes = cloudpickle.dumps(job)
+    except Exception as exc:
+        raise TypeError(
+            f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
+            f"Everything the function uses must be picklable; move it into an importable "
+            f"module, or rename globals that shadow torch modules (e.g. an attribute "
+            f"named 'classes' read next to torch)"
+        ) from exc
+    return data
 
 
 def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
