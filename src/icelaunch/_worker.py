@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import os
 import pickle
+import signal
 import socket
 import sys
 import time
@@ -61,6 +64,7 @@ class WorkerContext:
         )
 
 
+_PR_SET_PDEATHSIG = 1
 SPEC_ENV = "ICELAUNCH_SPEC"  # set for launched scripts by _engine.launch_command
 _current: WorkerContext | None = None
 _failed_at: float | None = None
@@ -94,6 +98,7 @@ class Job:
     spec: LaunchSpec
     report_dir: str
     notify_path: str
+    parent_pid: int = dataclasses.field(default_factory=os.getpid)
 
 
 def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
@@ -105,6 +110,7 @@ def run(payload: bytes) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function."""
     global _current
     job: Job = pickle.loads(payload)
+    _tie_to_parent(job)
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)
@@ -121,6 +127,22 @@ def run(payload: bytes) -> Any:
         raise
     _notify_done(job.notify_path, ctx)
     return result
+
+
+def _tie_to_parent(job: Job) -> None:
+    """Die with the launching process, whatever signals the user code ignores.
+
+    Forked workers also inherit the launcher's Python signal handlers, which
+    would turn SIGTERM into an exception that a rank blocked in C++ never sees.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    launched_directly = job.spec.start_method in ("spawn", "fork")
+    if launched_directly and os.getppid() != job.parent_pid:
+        os._exit(1)  # the launcher died before the line above took effect
 
 
 def _prepare_process(spec: LaunchSpec) -> None:
