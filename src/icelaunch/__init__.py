@@ -17,7 +17,13 @@ from icelaunch._config import (
     is_configurable,
     make_configurable,
 )
-from icelaunch._errors import ConfigurableError, FrozenError, NotFrozenError, NotInWorkerError
+from icelaunch._errors import (
+    ConfigurableError,
+    FrozenError,
+    LaunchInterruptedError,
+    NotFrozenError,
+    NotInWorkerError,
+)
 
 if TYPE_CHECKING:
     from icelaunch._devices import parse_devices
@@ -29,6 +35,7 @@ __all__ = [
     "ConfigurableError",
     "ElasticLauncher",
     "FrozenError",
+    "LaunchInterruptedError",
     "NotFrozenError",
     "NotInWorkerError",
     "WorkerFailedError",

@@ -8,6 +8,8 @@
     │       └── FrozenError              changing a frozen Configurable
     ├── RuntimeError
     │   ├── NotInWorkerError             a worker-only property read outside a worker
+    │   ├── LaunchInterruptedError       SIGTERM, SIGHUP or SIGQUIT stopped a launch
+    │   ├── PortBusyError                the rendezvous port is taken (defined in _ports.py)
     │   └── ChildFailedError (torch)
     │       └── WorkerFailedError        workers of a launch failed (defined in _failures.py)
     └── ValueError                       bad launch arguments (raised as plain ValueError)
@@ -33,3 +35,7 @@ class NotFrozenError(AttributeError):
 
 class NotInWorkerError(RuntimeError):
     """A worker-only property was read outside a worker process."""
+
+
+class LaunchInterruptedError(RuntimeError):
+    """A signal (SIGTERM, SIGHUP, SIGQUIT) stopped the launch; its workers were stopped."""

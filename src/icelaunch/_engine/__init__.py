@@ -30,6 +30,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from icelaunch import _failures, _ports, _worker
 from icelaunch._engine import _hygiene, _setup
 from icelaunch._engine._agent import Agent, DoneListener
+from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,27 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
             _hygiene.torch_logs_without_tracebacks(),
         ):
             return _launch_with_port_retry(spec, target, job_dir)
+    except SignalException as exc:
+        _redeliver(exc.sigval)  # the caller's own handlers are back in place now
+        raise
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _redeliver(sig: signal.Signals) -> None:
+    """Let the caller's own disposition of ``sig`` act, now that the workers are stopped.
+
+    SIGINT becomes KeyboardInterrupt; other signals are raised again, so their default
+    action (ending the process) or the caller's handler applies; if that returns,
+    LaunchInterruptedError says what happened.
+    """
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to re-raise to
+        signal.raise_signal(sig)
+    raise LaunchInterruptedError(
+        f"the launch was stopped by {sig.name}; all of its workers were stopped"
+    )
 
 
 def _launch_with_port_retry(
@@ -197,10 +217,8 @@ def _run_agent(
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs)
         return dict(sorted(result.return_values.items()))
-    except SignalException as exc:
+    except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
-        if exc.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
         raise
     finally:
         if shutdown_rdzv:
