@@ -16,9 +16,11 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) -e ".[test]"
 	touch $(STAMP)
 
+LINT_DIRS := $(wildcard src tests examples benchmarks)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests examples benchmarks
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
