@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -11,7 +12,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,6 @@ class WorkerContext:
 _PR_SET_PDEATHSIG = 1
 SPEC_ENV = "ICELAUNCH_SPEC"  # set for launched scripts by _engine.launch_command
 _current: WorkerContext | None = None
-_failed_at: float | None = None
 
 
 def current() -> WorkerContext:
@@ -114,19 +114,29 @@ def run(payload: bytes) -> Any:
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)
-    try:
-        result = _run_in_group(job, ctx)
+    result = _run_in_group(job, ctx)
+    with _reported(job, ctx):
         _check_picklable(job.fn, ctx, result)
+    _notify_done(job.notify_path, ctx)
+    return result
+
+
+@contextlib.contextmanager
+def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
+    """Write a failure report for an exception escaping the block, then let it go on.
+
+    ``sys.exit(0)`` ends the rank successfully (its result is None), as under torchrun.
+    """
+    try:
+        yield
     except SystemExit as exc:
-        if exc.code not in (0, None):
-            _write_report(job, ctx, exc)
-            raise
-        result = None  # sys.exit(0) ends this rank successfully, as under torchrun
+        if exc.code in (0, None):
+            return
+        _write_report(job, ctx, exc)
+        raise
     except BaseException as exc:
         _write_report(job, ctx, exc)
         raise
-    _notify_done(job.notify_path, ctx)
-    return result
 
 
 def _tie_to_parent(job: Job) -> None:
@@ -158,6 +168,24 @@ def _prepare_process(spec: LaunchSpec) -> None:
 
 
 def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
+    """``job.fn(*job.args)`` inside an initialised process group, destroyed afterwards.
+
+    A failure is reported before the teardown, which a failed peer can block.
+    """
+    import torch.distributed as dist
+
+    try:
+        with _reported(job, ctx):
+            _init_process_group(ctx)
+            return job.fn(*job.args)
+        return None  # the function called sys.exit(0)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _init_process_group(ctx: WorkerContext) -> None:
+    """Select the worker's device and join the job's default process group."""
     import torch
     import torch.distributed as dist
 
@@ -172,15 +200,6 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
         world_size=ctx.world_size,
         **options,
     )
-    try:
-        return job.fn(*job.args)
-    except BaseException:
-        global _failed_at
-        _failed_at = time.time()  # before teardown, so the root cause sorts first
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _attempt_store(ctx: WorkerContext) -> Any:
@@ -229,7 +248,7 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "exception": pickled,
-        "time": _failed_at or time.time(),
+        "time": time.time(),
     }
     path = report_path(job.report_dir, ctx.restart_count, ctx.local_rank)
     try:
