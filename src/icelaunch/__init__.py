@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from icelaunch._devices import parse_devices
     from icelaunch._failures import WorkerFailedError
     from icelaunch._launcher import ElasticLauncher
+    from icelaunch._worker import current, init_process_group
 
 __all__ = [
     "Configurable",
@@ -41,8 +42,10 @@ __all__ = [
     "WorkerFailedError",
     "clone",
     "configurable",
+    "current",
     "freeze",
     "frozen",
+    "init_process_group",
     "is_configurable",
     "make_configurable",
     "parse_devices",
@@ -53,6 +56,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "ElasticLauncher": "icelaunch._launcher",
     "WorkerFailedError": "icelaunch._failures",
+    "current": "icelaunch._worker",
+    "init_process_group": "icelaunch._worker",
     "parse_devices": "icelaunch._devices",
 }
 

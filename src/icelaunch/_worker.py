@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import dataclasses
@@ -14,15 +15,23 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """What a worker knows about itself; rebuilt from its environment and the spec."""
+    """What a worker knows about itself; rebuilt from its environment and the spec.
+
+    Pure data (the device is kept as its name, so the object pickles and builds
+    without torch); ``assigned_device`` gives it as a ``torch.device``, as
+    ``launcher.assigned_device`` does.
+    """
 
     rank: int
     local_rank: int
@@ -38,8 +47,15 @@ class WorkerContext:
     restart_count: int
     max_restarts: int
     rdzv_id: str
-    assigned_device: str
+    device_name: str
     dist_backend: str
+
+    @property
+    def assigned_device(self) -> torch.device:
+        """This worker's device, e.g. ``torch.device('cuda:1')`` (``device_name`` as a string)."""
+        import torch
+
+        return torch.device(self.device_name)
 
     @classmethod
     def from_env(cls, spec: LaunchSpec, env: Mapping[str, str]) -> WorkerContext:
@@ -60,7 +76,7 @@ class WorkerContext:
             restart_count=int(env["TORCHELASTIC_RESTART_COUNT"]),
             max_restarts=int(env["TORCHELASTIC_MAX_RESTARTS"]),
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
-            assigned_device=spec.devices[local_rank],
+            device_name=spec.devices[local_rank],
             dist_backend=spec.dist_backend,
         )
 
@@ -84,9 +100,38 @@ def current() -> WorkerContext:
     if _current is None:
         raise NotInWorkerError(
             "this property exists only inside a worker process started by icelaunch: "
-            "read it in the function you launch, e.g. `def worker(launcher): launcher.rank`"
+            "read it in the function you launch, e.g. `def worker(launcher): launcher.rank`, "
+            "or in a script run by the `icelaunch` command, e.g. `icelaunch.current().rank`"
         )
     return _current
+
+
+def init_process_group() -> WorkerContext:
+    """Join the job's default process group as a launched function does; return the context.
+
+    For scripts run by the ``icelaunch`` command: selects this worker's CUDA
+    device (if it has one) and initialises ``torch.distributed`` with the job's
+    backend, rank, world size and store. The group is destroyed when the
+    process exits. Does nothing if a default group exists already (a launched
+    function has one).
+
+    Raises:
+        NotInWorkerError: called outside a worker process.
+    """
+    import torch.distributed as dist
+
+    ctx = current()
+    if not dist.is_initialized():
+        _init_process_group(ctx)
+        atexit.register(_destroy_process_group)
+    return ctx
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -189,7 +234,7 @@ def _init_process_group(ctx: WorkerContext) -> None:
     import torch
     import torch.distributed as dist
 
-    device = torch.device(ctx.assigned_device)
+    device = ctx.assigned_device
     if device.type == "cuda":
         torch.cuda.set_device(device)
     options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
