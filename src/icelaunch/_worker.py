@@ -160,8 +160,6 @@ def run(payload: bytes) -> Any:
     _current = ctx
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
-    with _reported(job, ctx):
-        _check_picklable(job.fn, ctx, result)
     _notify_done(job.notify_path, ctx)
     return result
 
@@ -178,10 +176,20 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
         if exc.code in (0, None):
             return
         _write_report(job, ctx, exc)
-        raise
+        _exit_now(exc.code if isinstance(exc.code, int) else 1)
     except BaseException as exc:
         _write_report(job, ctx, exc)
-        raise
+        traceback.print_exception(exc)
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    """End a failed worker at once: the report is written, and tearing down the
+    process group can block on peers stuck in a collective."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _tie_to_parent(job: Job) -> None:
@@ -222,7 +230,9 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
     try:
         with _reported(job, ctx):
             _init_process_group(ctx)
-            return job.fn(*job.args)
+            result = job.fn(*job.args)
+            _check_picklable(job.fn, ctx, result)
+            return result
         return None  # the function called sys.exit(0)
     finally:
         if dist.is_initialized():
