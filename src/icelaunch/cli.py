@@ -1,0 +1,342 @@
+"""The ``icelaunch`` command: run a script or module in every worker, torchrun-style.
+
+Its options are the parameters of ``ElasticLauncher.__freeze__`` (names,
+defaults and types are read from the signature), and its values are validated
+by ``ElasticLauncher(...).freeze()``: the command and the Python API share one
+source of truth. ``--help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from icelaunch import __version__
+from icelaunch._launcher import ElasticLauncher
+from icelaunch._spec import LaunchSpec
+
+PROG = "icelaunch"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+HELP = {
+    "devices": "devices of this node, one worker each (grammar below)",
+    "nnodes": "node count N, or MIN:MAX for an elastic job (needs c10d or etcd)",
+    "dist_backend": "process-group backend for init_process_group(): nccl, gloo, mpi or auto",
+    "rdzv_id": "job id shared by all nodes",
+    "rdzv_endpoint": "rendezvous host:port for c10d and etcd (static uses the master address)",
+    "rdzv_backend": "rendezvous backend: static, c10d, etcd or etcd-v2",
+    "rdzv_configs": "extra rendezvous settings key=value,..., e.g. timeout=60,join_timeout=30",
+    "standalone": "single node: a private c10d rendezvous on a free port",
+    "max_restarts": "restarts of the worker group before failing",
+    "monitor_interval": "seconds between health checks of the workers",
+    "start_method": "spawn, forkserver or fork (function launches; scripts always get a fresh "
+    "interpreter)",
+    "redirects": "worker stdout/stderr to log files only: 0 none, 1 out, 2 err, 3 both, or per "
+    "local rank, e.g. 0:3,1:2",
+    "tee": "worker stdout/stderr to log files and the console (same format as --redirects)",
+    "log_dir": "base directory for the workers' log files",
+    "role": "worker role name",
+    "node_rank": "rank of this node (static rendezvous)",
+    "master_addr": "address of node 0 (static rendezvous)",
+    "master_port": "port of node 0 (static rendezvous); unset picks a free port",
+    "omp_num_threads": "OMP_NUM_THREADS for the workers when the environment does not set it",
+}
+ALIASES = {"rdzv_configs": ("--rdzv-conf", "--rdzv_conf"), "redirects": ("-r",), "tee": ("-t",)}
+METAVARS = {
+    "devices": "SPEC",
+    "nnodes": "N|MIN:MAX",
+    "dist_backend": "NAME",
+    "rdzv_id": "ID",
+    "rdzv_endpoint": "HOST:PORT",
+    "rdzv_backend": "NAME",
+    "rdzv_configs": "K=V,...",
+    "max_restarts": "N",
+    "monitor_interval": "SECONDS",
+    "start_method": "NAME",
+    "redirects": "0-3",
+    "tee": "0-3",
+    "log_dir": "DIR",
+    "role": "NAME",
+    "node_rank": "N",
+    "master_addr": "HOST",
+    "master_port": "PORT",
+    "omp_num_threads": "N",
+}
+NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
+
+USAGE = (
+    f"{PROG} [options] script.py [script args ...]\n"
+    f"       {PROG} [options] -m package.module [module args ...]"
+)
+DESCRIPTION = """\
+Run a Python script (or module) in one process per device, on this machine or
+many, with torch.distributed.elastic (the engine of torchrun). Inside the
+script, icelaunch.current() describes the worker (rank, world_size,
+assigned_device, ...) and icelaunch.init_process_group() sets the device and
+joins the process group, as in a function launched by ElasticLauncher.
+Options may also be spelled with underscores (--node_rank)."""
+EPILOG = """\
+devices:
+  auto | cpu | cuda | auto:* | cpu:* | cuda:* | <type>:<list>
+  <list> is comma-separated indices and inclusive ranges; one worker each.
+    --devices auto         one worker: cuda:0 with CUDA, else the CPU (default)
+    --devices cpu:0-3      four CPU workers
+    --devices cpu:*        one CPU worker per core
+    --devices cuda:*       one worker per visible GPU (auto:* falls back to cpu:*)
+    --devices cuda:1,3     two workers, on GPUs 1 and 3
+    --devices cuda:0-2,7   four workers, on GPUs 0, 1, 2 and 7
+  --dist-backend auto picks nccl for CUDA devices, else gloo.
+  --nproc-per-node N is cuda:0-(N-1) with CUDA, else cpu:0-(N-1); gpu, cpu and
+  auto mean cuda:*, cpu:* and auto:*.
+
+examples:
+  icelaunch --devices cpu:0-3 train.py --epochs 2
+  icelaunch --nproc-per-node 8 -m mypkg.train
+  icelaunch --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 train.py
+
+exit status:
+  0 when every worker succeeds; else the exit code of the first worker to fail
+  (128+N when signal N killed it) with the failure report on stderr; 2 for
+  usage errors; 130 on Ctrl-C."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command line: the validated spec and the command each worker runs."""
+
+    spec: LaunchSpec
+    command: tuple[str, ...]
+    dry_run: bool = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``icelaunch`` command; return its exit status."""
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        invocation = parse(parser, argv)
+    except SystemExit as exc:  # argparse: --help, --version or a usage error, already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except (ValueError, TypeError) as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if invocation.dry_run:
+        print(json.dumps({"spec": asdict(invocation.spec), "command": invocation.command}))
+        return 0
+    return run(invocation)
+
+
+def _freeze_parameters() -> list[inspect.Parameter]:
+    """The seed's parameters, from ``ElasticLauncher.__freeze__``."""
+    parameters = inspect.signature(ElasticLauncher.__freeze__).parameters.values()
+    return [p for p in parameters if p.name != "self"]
+
+
+def _converter(param: inspect.Parameter) -> Callable[[str], Any] | None:
+    """How to read the parameter's value from text; None for a boolean flag."""
+    kind = typing.get_type_hints(ElasticLauncher.__freeze__)[param.name]
+    options = [k for k in typing.get_args(kind) if k is not type(None)] or [kind]
+    if options[0] is bool:
+        return None
+    return typing.cast("Callable[[str], Any]", options[0])
+
+
+def _flags(name: str) -> tuple[list[str], list[str]]:
+    """Option strings shown in --help, and the underscore spellings accepted silently."""
+    aliases = ALIASES.get(name, ())
+    shown = ["--" + name.replace("_", "-"), *(a for a in aliases if "_" not in a)]
+    hidden = [f for f in ("--" + name, *aliases) if "_" in f]
+    return shown, hidden
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    return str(default) or "empty"
+
+
+def _add_option(group: argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` (dash spelling) and, hidden from --help, its underscore spellings."""
+    shown, hidden = _flags(name)
+    group.add_argument(*shown, dest=name, **kwargs)
+    if hidden:
+        group.add_argument(*hidden, dest=name, **{**kwargs, "help": argparse.SUPPRESS})
+
+
+def _add_parameter(group: argparse._ArgumentGroup, param: inspect.Parameter) -> None:
+    convert = _converter(param)
+    help_text = HELP.get(param.name, param.name)
+    if convert is None:
+        action = "store_true" if param.default is False else argparse.BooleanOptionalAction
+        _add_option(group, param.name, action=action, help=help_text)
+        return
+    help_text += f" (default: {_shown(param.default)})"
+    metavar = METAVARS.get(param.name, param.name.upper())
+    _add_option(group, param.name, type=convert, metavar=metavar, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser; defaults stay unset so ElasticLauncher's own apply."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=USAGE,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    launch = parser.add_argument_group("launch options (the parameters of ElasticLauncher)")
+    for param in _freeze_parameters():
+        _add_parameter(launch, param)
+    torchrun = parser.add_argument_group("torchrun spellings")
+    _add_option(
+        torchrun,
+        "nproc_per_node",
+        metavar="N|gpu|cpu|auto",
+        help="workers on this node, instead of --devices (see devices below)",
+    )
+    _add_command_arguments(parser)
+    return parser
+
+
+def _add_command_arguments(parser: argparse.ArgumentParser) -> None:
+    command = parser.add_argument_group("what each worker runs")
+    command.add_argument(
+        "-m",
+        "--module",
+        dest="module",
+        action="store_true",
+        help="run a module, as `python -m`",
+    )
+    _add_option(
+        command,
+        "no_python",
+        action="store_true",
+        help="run the script as an executable, not with this Python",
+    )
+    _add_option(
+        command,
+        "dry_run",
+        action="store_true",
+        help="print the validated launch spec and the worker command as JSON; start nothing",
+    )
+    command.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    command.add_argument("script", nargs="?", help="the script to run (the module with -m)")
+    command.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> Invocation:
+    """Parse and validate ``argv``.
+
+    Raises:
+        SystemExit: argparse rejected the command line (the message is printed).
+        ValueError: a value breaks its rule (the message quotes it).
+        TypeError: a value has the wrong type.
+    """
+    given = vars(parser.parse_args(argv))
+    options = {p.name: given[p.name] for p in _freeze_parameters() if p.name in given}
+    if "nproc_per_node" in given:
+        if "devices" in options:
+            raise ValueError("give --devices or --nproc-per-node, not both")
+        options["devices"] = devices_for_nproc(given["nproc_per_node"])
+    spec = ElasticLauncher(**options).freeze().spec
+    command = _command(given)
+    return Invocation(spec, command, bool(given.get("dry_run", False)))
+
+
+def devices_for_nproc(value: str) -> str:
+    """torchrun's ``--nproc-per-node`` as a device spec.
+
+    Raises:
+        ValueError: ``value`` is neither a count >= 1 nor gpu, cpu or auto.
+    """
+    text = value.strip()
+    if text in NPROC_WORDS:
+        return NPROC_WORDS[text]
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"invalid nproc_per_node {value!r}: must be a worker count N >= 1 or one of "
+            f"{', '.join(NPROC_WORDS)}, e.g. --nproc-per-node 4"
+        )
+    from icelaunch import _devices
+
+    kind = "cuda" if _devices.cuda_device_count() > 0 else "cpu"
+    return f"{kind}:0-{int(text) - 1}"
+
+
+def _command(given: dict[str, Any]) -> tuple[str, ...]:
+    script: str | None = given.get("script")
+    args: list[str] = given.get("script_args", [])
+    if not script:
+        raise ValueError("no script given: icelaunch [options] script.py [args], or -m module")
+    module, no_python = given.get("module", False), given.get("no_python", False)
+    if module and no_python:
+        raise ValueError("give -m/--module or --no-python, not both")
+    if module:
+        return (sys.executable, "-u", "-m", script, *args)
+    if no_python:
+        return (script, *args)
+    if not os.path.isfile(script):
+        raise ValueError(f"script {script!r} not found (for a module, use -m {script})")
+    return (sys.executable, "-u", script, *args)
+
+
+def run(invocation: Invocation) -> int:
+    """Launch the command in every worker of this node; return the exit status."""
+    from icelaunch import _engine
+    from icelaunch._errors import LaunchInterruptedError
+    from icelaunch._failures import WorkerFailedError
+    from icelaunch._ports import PortBusyError
+
+    try:
+        with _omp_threads(invocation.spec):
+            _engine.launch_command(invocation.spec, list(invocation.command))
+    except WorkerFailedError as err:
+        print(err, file=sys.stderr)
+        return exit_status(err.first.exitcode)
+    except (LaunchInterruptedError, PortBusyError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def exit_status(exitcode: int) -> int:
+    """A worker's exit code as the command's status: 128+N for signal N, never 0.
+
+    >>> exit_status(3), exit_status(-9), exit_status(0)
+    (3, 137, 1)
+    """
+    if exitcode < 0:
+        return 128 - exitcode
+    return exitcode or 1
+
+
+@contextlib.contextmanager
+def _omp_threads(spec: LaunchSpec) -> Iterator[None]:
+    """Give script workers OMP_NUM_THREADS as function workers get it, unless it is set."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(spec.omp_num_threads)
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
