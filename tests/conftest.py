@@ -13,9 +13,10 @@ import pytest
 _GRACE_S = 5.0
 
 
-# multiprocessing's resource tracker is one per parent process, shared by every
-# launch, and exits with the parent: a helper, not a leaked worker.
-_HELPERS = ("multiprocessing.resource_tracker",)
+# multiprocessing's resource tracker and fork server are one per parent process,
+# shared by every launch, and exit with the parent: helpers, not leaked workers.
+# (test_speed.py checks that the fork server ends with its parent.)
+_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _children() -> list[psutil.Process]:

@@ -36,8 +36,11 @@ SEED_DEFAULTS = {
 
 def test_freeze_signature_is_the_seeds() -> None:
     params = list(inspect.signature(ElasticLauncher.__freeze__).parameters.values())[1:]
-    assert [p.name for p in params] == list(SEED_DEFAULTS)
-    assert {p.name: p.default for p in params} == SEED_DEFAULTS
+    seed, extra = params[: len(SEED_DEFAULTS)], params[len(SEED_DEFAULTS) :]
+    assert [p.name for p in seed] == list(SEED_DEFAULTS)
+    assert {p.name: p.default for p in seed} == SEED_DEFAULTS
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in seed)
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extra)  # ours follow, keyword only
 
 
 def test_defaults_freeze_on_this_machine() -> None:

@@ -57,8 +57,19 @@ class ElasticLauncher(Configurable):
         master_addr: str = "127.0.0.1",
         master_port: int | None = None,
         omp_num_threads: int = 1,
+        *,
+        warm_start: bool = True,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
+
+        The seed's parameters come first, in its order, with its defaults. Then:
+
+        Args:
+            warm_start: with ``start_method="spawn"`` (or ``"forkserver"``), start
+                workers from a warm fork server that has torch imported and never
+                ran your program's code or touched CUDA: spawn's guarantees,
+                without one interpreter start and torch import per worker.
+                ``False`` starts every worker as a fresh interpreter.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

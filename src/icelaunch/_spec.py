@@ -54,6 +54,7 @@ class LaunchSpec:
     master_addr: str
     master_port: int | None
     omp_num_threads: int
+    warm_start: bool = True
 
     @property
     def nproc_per_node(self) -> int:
@@ -231,6 +232,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         master_addr=_nonempty("master_addr", a["master_addr"], "'127.0.0.1'"),
         master_port=_port(a["master_port"]),
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
+        warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
     )
     _check_rendezvous(spec)
     return spec

@@ -8,9 +8,11 @@ import ctypes
 import dataclasses
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -143,7 +145,9 @@ class Job:
     spec: LaunchSpec
     report_dir: str
     notify_path: str
+    forked_by_server: bool = False
     parent_pid: int = dataclasses.field(default_factory=os.getpid)
+    env: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
 
 def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
@@ -156,6 +160,7 @@ def run(payload: bytes) -> Any:
     global _current
     job: Job = pickle.loads(payload)
     _tie_to_parent(job)
+    _take_parent_environment(job.env)
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)
@@ -203,9 +208,57 @@ def _tie_to_parent(job: Job) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    launched_directly = job.spec.start_method in ("spawn", "fork")
-    if launched_directly and os.getppid() != job.parent_pid:
+    if job.forked_by_server:
+        _watch_launcher(job.parent_pid)  # our parent is the fork server, not the launcher
+    elif os.getppid() != job.parent_pid:
         os._exit(1)  # the launcher died before the line above took effect
+
+
+def _watch_launcher(pid: int) -> None:
+    """End this worker as soon as process ``pid`` (the launcher) ends."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="icelaunch-launcher-watch", daemon=True).start()
+
+
+_AGENT_VARIABLES = frozenset(
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "GROUP_RANK",
+        "ROLE_RANK",
+        "ROLE_NAME",
+        "LOCAL_WORLD_SIZE",
+        "WORLD_SIZE",
+        "GROUP_WORLD_SIZE",
+        "ROLE_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    }
+)
+
+
+def _take_parent_environment(parent: dict[str, str]) -> None:
+    """The launcher's environment at launch time, plus what torch's agent set for this rank.
+
+    A fork-server worker otherwise sees the environment the server started with.
+    """
+    own = {
+        k: v
+        for k, v in os.environ.items()
+        if k in _AGENT_VARIABLES or k.startswith("TORCHELASTIC_")
+    }
+    os.environ.clear()
+    os.environ.update(parent)
+    os.environ.update(own)
 
 
 def _prepare_process(spec: LaunchSpec) -> None:

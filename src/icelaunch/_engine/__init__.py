@@ -28,7 +28,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _failures, _ports, _worker
-from icelaunch._engine import _hygiene, _setup
+from icelaunch._engine import _hygiene, _setup, _start
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec
@@ -60,9 +60,11 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     name = getattr(fn, "__qualname__", None) or repr(fn)
 
     def target(run_dir: str) -> _Target:
-        job = _worker.Job(fn, args, spec, run_dir, os.path.join(run_dir, "done.sock"))
+        notify = os.path.join(run_dir, "done.sock")
+        job = _worker.Job(fn, args, spec, run_dir, notify, _start.uses_fork_server(spec))
         return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
 
+    _start.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
 
 
@@ -207,7 +209,7 @@ def _run_agent(
         reports_done=target.reports_done,
         spec=worker_spec,
         logs_specs=logs,
-        start_method=spec.start_method,
+        start_method=_start.torch_start_method(spec),
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

@@ -74,18 +74,31 @@ def pidfds(pids: Any) -> Iterator[list[int]]:
                 os.close(fd)
 
 
-def exit_status(pid: int) -> int | None:
-    """Exit status of worker ``pid`` if it has exited, else None; the process is not reaped.
+def exit_status(pid: int) -> tuple[bool, int | None]:
+    """(exited, status) of worker ``pid``, without reaping it.
 
-    A worker already reaped by torch without a failure report exited with status 0.
+    The status is None when unknown: for a worker forked by the fork server (not
+    our child), or one torch already reaped, which it does silently only for 0.
     """
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return 0
+        return _has_exited(pid), None
     if info is None:
-        return None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return False, None
+    return True, info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` (not necessarily our child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    finally:
+        os.close(fd)
 
 
 class Agent(LocalElasticAgent):
@@ -109,6 +122,7 @@ class Agent(LocalElasticAgent):
         self._listener = listener
         self._poll_interval = poll_interval
         self._reports_done = reports_done
+        self._seen_exited: set[int] = set()
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
@@ -127,20 +141,27 @@ class Agent(LocalElasticAgent):
         return RunResult(state=WorkerState.FAILED, failures=silent)
 
     def _silent_exits(self, worker_group: WorkerGroup) -> dict[int, ProcessFailure]:
-        """Workers that exited without returning a result (e.g. ``os._exit(0)``)."""
+        """Workers that exited without returning a result (e.g. ``os._exit(0)``).
+
+        An exit of unknown status is counted on the second look, so that torch,
+        which learns the status from the fork server, reports it first if it can.
+        """
         failures: dict[int, ProcessFailure] = {}
         for w in worker_group.workers:
             if w.id is None or w.local_rank in self._listener.done:
                 continue
-            status = exit_status(w.id)
-            if status is None:
+            exited, status = exit_status(w.id)
+            if not exited or (status is None and w.id not in self._seen_exited):
+                if exited:
+                    self._seen_exited.add(w.id)
                 continue
+            code = 0 if status is None else status
             failure = ProcessFailure(
-                local_rank=w.local_rank, pid=w.id, exitcode=status, error_file=""
+                local_rank=w.local_rank, pid=w.id, exitcode=code, error_file=""
             )
             failure.message = (
-                f"the worker process exited with status {status} before its function "
-                f"returned (os._exit() or a crash in native code)"
+                f"the worker process exited{'' if status is None else f' with status {status}'} "
+                f"before its function returned (os._exit() or a crash in native code)"
             )
             failures[w.global_rank] = failure
         return failures
