@@ -27,7 +27,11 @@ EXAMPLE = ROOT / "examples" / "cli_allreduce.py"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("icelaunch")
 RUN_TIMEOUT_S = 45
 GRACE_S = 5.0
-PARAMETERS = [p for p in inspect.signature(ElasticLauncher.__freeze__).parameters if p != "self"]
+PARAMETERS = [  # the seed's parameters; keyword-only extras concern function launches
+    name
+    for name, p in inspect.signature(ElasticLauncher.__freeze__).parameters.items()
+    if name != "self" and p.kind is not p.KEYWORD_ONLY
+]
 
 
 @pytest.fixture

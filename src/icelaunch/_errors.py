@@ -38,4 +38,14 @@ class NotInWorkerError(RuntimeError):
 
 
 class LaunchInterruptedError(RuntimeError):
-    """A signal (SIGTERM, SIGHUP, SIGQUIT) stopped the launch; its workers were stopped."""
+    """A signal (SIGTERM, SIGHUP, SIGQUIT) stopped the launch; its workers were stopped.
+
+    ``signal`` is the signal number.
+    """
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return (type(self), (str(self), self.signal))

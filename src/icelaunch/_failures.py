@@ -167,10 +167,10 @@ def build_error(
 
 def _message(failure: ProcessFailure, stderr_tail: str) -> str:
     """torch's message, unless it is only its hint about @record: then the last stderr line."""
+    if not failure.message.startswith("To enable traceback"):
+        return str(failure.message)
     lines = [line for line in stderr_tail.splitlines() if line.strip()]
-    if lines and failure.message.startswith("To enable traceback"):
-        return lines[-1].strip()
-    return str(failure.message)
+    return lines[-1].strip() if lines else f"exited with code {failure.exitcode}"
 
 
 def _reported_failure(report: dict[str, Any]) -> ProcessFailure:

@@ -6,9 +6,10 @@ device count that :func:`icelaunch._devices.resolve` asks torch for.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
@@ -241,3 +242,16 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
 def _str(name: str, value: object) -> str:
     value = _typed(name, value, str, "'127.0.0.1:29400'")
     return value.strip()
+
+
+def spec_to_json(spec: LaunchSpec) -> str:
+    """The spec as JSON, to hand to launched scripts through their environment."""
+    return json.dumps(asdict(spec))
+
+
+def spec_from_json(text: str) -> LaunchSpec:
+    """The spec :func:`spec_to_json` wrote."""
+    data = json.loads(text)
+    data["devices"] = tuple(data["devices"])
+    data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
+    return LaunchSpec(**data)

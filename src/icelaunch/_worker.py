@@ -96,9 +96,9 @@ def current() -> WorkerContext:
     """
     global _current
     if _current is None and SPEC_ENV in os.environ and "LOCAL_RANK" in os.environ:
-        from icelaunch._engine import spec_from_env
+        from icelaunch._spec import spec_from_json
 
-        _current = WorkerContext.from_env(spec_from_env(os.environ[SPEC_ENV]), os.environ)
+        _current = WorkerContext.from_env(spec_from_json(os.environ[SPEC_ENV]), os.environ)
     if _current is None:
         raise NotInWorkerError(
             "this property exists only inside a worker process started by icelaunch: "

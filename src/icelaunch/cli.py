@@ -9,13 +9,12 @@ source of truth. ``--help`` does not import torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -144,9 +143,13 @@ def _main(argv: list[str]) -> int:
 
 
 def _freeze_parameters() -> list[inspect.Parameter]:
-    """The seed's parameters, from ``ElasticLauncher.__freeze__``."""
+    """The seed's parameters, from ``ElasticLauncher.__freeze__``.
+
+    Its keyword-only extras (``warm_start``) concern function launches only: a
+    launched script always starts in a fresh interpreter.
+    """
     parameters = inspect.signature(ElasticLauncher.__freeze__).parameters.values()
-    return [p for p in parameters if p.name != "self"]
+    return [p for p in parameters if p.name != "self" and p.kind is not p.KEYWORD_ONLY]
 
 
 def _converter(param: inspect.Parameter) -> Callable[[str], Any] | None:
@@ -307,12 +310,14 @@ def run(invocation: Invocation) -> int:
     from icelaunch._ports import PortBusyError
 
     try:
-        with _omp_threads(invocation.spec):
-            _engine.launch_command(invocation.spec, list(invocation.command))
+        _engine.launch_command(invocation.spec, list(invocation.command))
     except WorkerFailedError as err:
         print(err, file=sys.stderr)
         return exit_status(err.first.exitcode)
-    except (LaunchInterruptedError, PortBusyError) as err:
+    except LaunchInterruptedError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 128 + err.signal
+    except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -327,16 +332,3 @@ def exit_status(exitcode: int) -> int:
     if exitcode < 0:
         return 128 - exitcode
     return exitcode or 1
-
-
-@contextlib.contextmanager
-def _omp_threads(spec: LaunchSpec) -> Iterator[None]:
-    """Give script workers OMP_NUM_THREADS as function workers get it, unless it is set."""
-    if "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    os.environ["OMP_NUM_THREADS"] = str(spec.omp_num_threads)
-    try:
-        yield
-    finally:
-        os.environ.pop("OMP_NUM_THREADS", None)

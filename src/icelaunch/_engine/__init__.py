@@ -12,14 +12,13 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -31,7 +30,7 @@ from icelaunch import _failures, _ports, _worker
 from icelaunch._engine import _hygiene, _setup, _start
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
-from icelaunch._spec import LaunchSpec
+from icelaunch._spec import LaunchSpec, spec_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +94,10 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     def target(run_dir: str) -> _Target:
         return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
 
-    with _hygiene.restored_process_state():
-        os.environ[SPEC_ENV] = json.dumps(asdict(spec))  # inherited by the workers only
+    with _hygiene.restored_process_state():  # what follows is inherited by the workers only
+        os.environ[SPEC_ENV] = spec_to_json(spec)
+        os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
-
-
-def spec_from_env(text: str) -> LaunchSpec:
-    """The LaunchSpec that :func:`launch_command` put in a worker's environment."""
-    data = json.loads(text)
-    data["devices"] = tuple(data["devices"])
-    data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
-    return LaunchSpec(**data)
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
@@ -136,7 +128,7 @@ def _redeliver(sig: signal.Signals) -> None:
     with contextlib.suppress(ValueError):  # not the main thread: nothing to re-raise to
         signal.raise_signal(sig)
     raise LaunchInterruptedError(
-        f"the launch was stopped by {sig.name}; all of its workers were stopped"
+        f"the launch was stopped by {sig.name}; all of its workers were stopped", int(sig)
     )
 
 
