@@ -184,6 +184,14 @@ def test_kill_9_of_launcher_leaves_no_stubborn_worker(tmp_path: Path) -> None:
     proc.communicate(timeout=30)
     took = _gone_within(pids, 2.0)
     print(f"\nkill -9: stubborn workers gone {took:.2f} s after the launcher")
+    # its job folder could not be removed by it; the next launch anywhere removes it
+    orphans = [
+        n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"icelaunch_{proc.pid}_")
+    ]
+    assert orphans
+    launcher = ElasticLauncher("cpu", monitor_interval=0.5).freeze()
+    launcher(succeed, launcher)
+    assert not [n for n in orphans if os.path.exists(os.path.join(tempfile.gettempdir(), n))]
 
 
 def succeed(launcher: ElasticLauncher) -> int:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,9 +99,9 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
-    job_dir = tempfile.mkdtemp(prefix="icelaunch_")
     try:
         with (
+            _hygiene.job_directory() as job_dir,
             _hygiene.restored_process_state(),
             _hygiene.no_torch_temp_files(),
             _hygiene.torch_logs_without_tracebacks(),
@@ -112,8 +110,6 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
         raise
-    finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _redeliver(sig: signal.Signals) -> None:

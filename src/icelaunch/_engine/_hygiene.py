@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -77,3 +78,35 @@ def torch_logs_without_tracebacks() -> Iterator[None]:
     finally:
         for lg in loggers:
             lg.removeFilter(drop)
+
+
+_JOB_PREFIX = "icelaunch_"
+
+
+@contextlib.contextmanager
+def job_directory() -> Iterator[str]:
+    """A private temp folder for one launch, removed afterwards.
+
+    Its name carries our pid, so a later launch removes the folders of launchers
+    that were killed (``kill -9``) before they could clean up.
+    """
+    _remove_orphaned_job_directories()
+    path = tempfile.mkdtemp(prefix=f"{_JOB_PREFIX}{os.getpid()}_")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphaned_job_directories() -> None:
+    folder = tempfile.gettempdir()
+    for name in os.listdir(folder):
+        pid_text = name[len(_JOB_PREFIX) :].split("_", 1)[0]
+        if not name.startswith(_JOB_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
