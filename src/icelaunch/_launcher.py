@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _worker
+from icelaunch import _cluster, _worker
 from icelaunch._config import Configurable
 from icelaunch._spec import LaunchSpec, build_spec
 
@@ -77,6 +78,7 @@ class ElasticLauncher(Configurable):
         """
         arguments = dict(locals())
         del arguments["self"]
+        arguments = _cluster.fill(arguments, given=self._cfg_args, env=os.environ)
         self._spec = build_spec(arguments)
 
     @property
