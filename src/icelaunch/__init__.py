@@ -23,6 +23,8 @@ from icelaunch._errors import (
     LaunchInterruptedError,
     NotFrozenError,
     NotInWorkerError,
+    RendezvousClosedError,
+    RendezvousTimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -39,6 +41,8 @@ __all__ = [
     "LaunchInterruptedError",
     "NotFrozenError",
     "NotInWorkerError",
+    "RendezvousClosedError",
+    "RendezvousTimeoutError",
     "WorkerFailedError",
     "clone",
     "configurable",

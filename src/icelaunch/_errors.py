@@ -10,6 +10,8 @@
     │   ├── NotInWorkerError             a worker-only property read outside a worker
     │   ├── LaunchInterruptedError       SIGTERM, SIGHUP or SIGQUIT stopped a launch
     │   ├── PortBusyError                the rendezvous port is taken (defined in _ports.py)
+    │   ├── RendezvousTimeoutError       not every node joined the rendezvous in time
+    │   ├── RendezvousClosedError        the rendezvous of this rdzv_id is closed (a finished run)
     │   └── ChildFailedError (torch)
     │       └── WorkerFailedError        workers of a launch failed (defined in _failures.py)
     └── ValueError                       bad launch arguments (raised as plain ValueError)
@@ -49,3 +51,18 @@ class LaunchInterruptedError(RuntimeError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int]]:
         return (type(self), (str(self), self.signal))
+
+
+class RendezvousTimeoutError(RuntimeError):
+    """Not every expected node joined the rendezvous within its timeout.
+
+    The message names the backend, endpoint, rdzv_id, expected nodes and the timeout;
+    torch's own error (which may have no message) is the ``__cause__``.
+    """
+
+
+class RendezvousClosedError(RuntimeError):
+    """The rendezvous of this ``rdzv_id`` is closed, e.g. a run with that id has finished.
+
+    The message says to choose a new ``rdzv_id``; torch's own error is the ``__cause__``.
+    """

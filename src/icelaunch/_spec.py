@@ -112,19 +112,13 @@ def parse_rdzv_configs(configs: object) -> tuple[tuple[str, str], ...]:
         key, sep, value = (s.strip() for s in item.partition("="))
         if not sep or not _RDZV_KEY.match(key) or not value:
             raise _bad("rdzv_configs", configs, f"{item!r} is not key=value", example)
-        if key in NUMERIC_RDZV_KEYS and not _is_number(value):
-            raise _bad("rdzv_configs", configs, f"{key} must be a number of seconds", example)
+        if key in NUMERIC_RDZV_KEYS and not value.isdigit():
+            rule = f"{key} must be a number of seconds, whole (torch reads it as an integer)"
+            raise _bad("rdzv_configs", configs, rule, example)
         if any(k == key for k, _ in pairs):
             raise _bad("rdzv_configs", configs, f"{key} is given twice", example)
         pairs.append((key, value))
     return tuple(pairs)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return float(text) >= 0
-    except ValueError:
-        return False
 
 
 def _std(name: str, value: object) -> str:

@@ -37,6 +37,8 @@ def rendezvous_parameters(
 ) -> tuple[RendezvousParameters, str | None, int | None]:
     """Rendezvous parameters, plus master address and port for the static backend."""
     configs: dict[str, Any] = dict(spec.rdzv_configs)
+    if "timeout" in configs:  # torch's c10d and etcd-v2 handlers read only join_timeout
+        configs.setdefault("join_timeout", configs["timeout"])
     configs.setdefault("timeout", DEFAULT_RDZV_TIMEOUT_S)
     backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, spec.rdzv_id
     master: tuple[str | None, int | None] = (None, None)

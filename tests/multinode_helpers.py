@@ -1,0 +1,183 @@
+"""Run "nodes" of a multi-node job as separate launcher processes on this machine.
+
+Each node is ``python node.py`` (the script below, written to a test's tmp_path):
+it builds ``ElasticLauncher(**kwargs).freeze()``, launches :func:`work` and
+writes what came back (or the error) as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+NODE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+
+    import torch
+    import torch.distributed as dist
+
+    from icelaunch import ElasticLauncher
+
+    LOOP_LIMIT_S = 60
+
+
+    def info(launcher, total):
+        names = ["rank", "local_rank", "world_size", "local_world_size", "group_rank",
+                 "group_world_size", "restart_count", "rdzv_id", "master_addr"]
+        values = {name: getattr(launcher, name) for name in names}
+        values["sum"] = total
+        return values
+
+
+    def all_reduce(launcher):
+        t = torch.tensor([float(launcher.rank + 1)])
+        dist.all_reduce(t)
+        return t.item()
+
+
+    def flag(flag_dir, launcher, what):
+        name = f"{what}-{launcher.restart_count}-{launcher.group_rank}-{launcher.local_rank}"
+        open(os.path.join(flag_dir, name), "w").close()
+
+
+    def work(launcher, mode, flag_dir):
+        total = all_reduce(launcher)
+        if mode == "loop" and launcher.restart_count == 0:
+            # All-reduce until a peer node disappears (the collective then fails and
+            # the agent restarts the group), bounded in case nothing happens.
+            flag(flag_dir, launcher, "looping")
+            deadline = time.monotonic() + LOOP_LIMIT_S
+            while time.monotonic() < deadline:
+                all_reduce(launcher)
+                time.sleep(0.02)
+            raise TimeoutError(f"no node left the job within {LOOP_LIMIT_S} s")
+        if mode == "fail_once" and launcher.restart_count == 0:
+            if launcher.rank == launcher.world_size - 1:
+                raise RuntimeError("the last rank fails on the first attempt")
+            all_reduce(launcher)  # fails as soon as the failed rank is gone
+            raise RuntimeError("unreachable: a peer failed")
+        return info(launcher, total)
+
+
+    if __name__ == "__main__":
+        kwargs, mode, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+        started = time.monotonic()
+        try:
+            launcher = ElasticLauncher(**kwargs).freeze()
+            result = {"ok": launcher(work, launcher, mode, os.path.dirname(out))}
+        except Exception as exc:
+            result = {"error": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                      "message": str(exc)}
+        result["elapsed"] = time.monotonic() - started
+        with open(out + ".tmp", "w") as fh:
+            json.dump(result, fh)
+        os.replace(out + ".tmp", out)
+    """
+)
+
+
+@dataclass
+class Node:
+    """One launcher process of a multi-node test job."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    out: Path
+    log: Path
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """What the node's launcher returned (``ok``) or raised (``error``, ``message``)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            message = f"node {self.name} still runs after {timeout} s:\n{self.tail()}"
+            raise AssertionError(message) from None
+        if not self.out.exists():
+            raise AssertionError(
+                f"node {self.name} wrote no result (exit {self.proc.returncode}):\n{self.tail()}"
+            )
+        result: dict[str, Any] = json.loads(self.out.read_text())
+        if "ok" in result:
+            result["ok"] = {int(rank): value for rank, value in result["ok"].items()}
+        return result
+
+    def ok(self, timeout: float) -> dict[int, dict[str, Any]]:
+        """The node's ``{global_rank: info}``; fails the test on an error."""
+        result = self.result(timeout)
+        assert "ok" in result, f"node {self.name} failed: {result}\n{self.tail()}"
+        values: dict[int, dict[str, Any]] = result["ok"]
+        return values
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill_tree(self) -> None:
+        """SIGKILL the launcher and everything it started (fork server, workers)."""
+        kill_trees([self.proc.pid])
+
+
+def start_node(tmp_path: Path, name: str, mode: str = "plain", **kwargs: Any) -> Node:
+    """Start one node: ``ElasticLauncher(**kwargs)`` in a new process, running ``mode``."""
+    script = tmp_path / "node.py"
+    if not script.exists():
+        script.write_text(NODE_SCRIPT)
+    out, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
+    kwargs.setdefault("monitor_interval", 0.5)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(kwargs), mode, str(out)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    return Node(name, proc, out, log)
+
+
+def kill_trees(pids: Iterable[int]) -> None:
+    """SIGKILL each process and all its descendants; wait until they are gone."""
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            parent = psutil.Process(pid)
+            procs.extend([parent, *parent.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+def stop_nodes(nodes: Iterable[Node]) -> None:
+    """Kill whatever is left of ``nodes`` (for a test's ``finally``)."""
+    nodes = list(nodes)
+    kill_trees(n.proc.pid for n in nodes if n.proc.poll() is None)
+    for node in nodes:
+        node.proc.wait(10)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def flags(tmp_path: Path, prefix: str) -> list[str]:
+    """The flag files workers wrote (``looping-<restart>-<group_rank>-<local_rank>``)."""
+    return sorted(n for n in os.listdir(tmp_path) if n.startswith(prefix))

@@ -1,0 +1,177 @@
+"""Several nodes on one machine: each node is its own launcher process, over loopback.
+
+static and c10d rendezvous, elastic scale-down on c10d, and the timeout error of a
+node that never comes. Each node runs 1-2 CPU workers (gloo).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from icelaunch import ElasticLauncher, RendezvousTimeoutError
+from icelaunch._ports import free_port
+from multinode_helpers import flags, start_node, stop_nodes, wait_for
+from tests_helpers import all_reduce_sum
+
+pytestmark = [pytest.mark.slow]
+
+RESULT_TIMEOUT_S = 60
+# Short keep-alives and last call, so that membership changes settle in seconds.
+ELASTIC = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=40"
+
+
+@pytest.mark.timeout(90)
+def test_static_two_nodes_form_one_job_with_contiguous_ranks(tmp_path: Path) -> None:
+    port = free_port()
+    common = {"devices": "cpu:0-1", "nnodes": "2", "master_port": port, "rdzv_id": "st"}
+    nodes = [start_node(tmp_path, f"node{r}", node_rank=r, **common) for r in (1, 0)]
+    try:
+        by_node = {node.name: node.ok(RESULT_TIMEOUT_S) for node in nodes}
+    finally:
+        stop_nodes(nodes)
+    assert sorted(by_node["node0"]) == [0, 1]  # node 0 holds ranks 0..k-1
+    assert sorted(by_node["node1"]) == [2, 3]
+    for node_rank, name in enumerate(["node0", "node1"]):
+        for rank, info in by_node[name].items():
+            assert info["group_rank"] == node_rank
+            assert info["local_rank"] == rank - 2 * node_rank
+            assert (info["world_size"], info["group_world_size"]) == (4, 2)
+            assert info["local_world_size"] == 2
+            assert info["sum"] == 1 + 2 + 3 + 4
+            assert info["restart_count"] == 0
+            assert info["master_addr"] == "127.0.0.1"
+
+
+@pytest.mark.timeout(90)
+def test_c10d_two_nodes_form_one_job(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    common = {
+        "devices": "cpu:0-1",
+        "nnodes": "2",
+        "rdzv_backend": "c10d",
+        "rdzv_endpoint": endpoint,
+        "rdzv_id": "c10d-pair",
+    }
+    nodes = [start_node(tmp_path, f"node{i}", **common) for i in range(2)]
+    try:
+        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
+    finally:
+        stop_nodes(nodes)
+    merged = {rank: info for result in results for rank, info in result.items()}
+    assert sorted(merged) == [0, 1, 2, 3]
+    for result in results:  # each node's ranks are contiguous, whichever group rank it got
+        (group_rank,) = {info["group_rank"] for info in result.values()}
+        assert sorted(result) == [2 * group_rank, 2 * group_rank + 1]
+    for rank, info in merged.items():
+        assert rank // 2 == info["group_rank"]
+        assert (info["world_size"], info["group_world_size"], info["sum"]) == (4, 2, 10)
+        assert info["rdzv_id"] == "c10d-pair"
+
+
+@pytest.mark.timeout(120)
+def test_c10d_survivor_continues_after_a_node_is_killed(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    common = {
+        "devices": "cpu:0",
+        "nnodes": "1:2",
+        "rdzv_backend": "c10d",
+        "rdzv_endpoint": endpoint,
+        "rdzv_id": "shrink",
+        "max_restarts": 1,
+    }
+    # The survivor hosts the rendezvous store: the store lives in its launcher process.
+    survivor = start_node(
+        tmp_path, "survivor", "loop", rdzv_configs=f"{ELASTIC},is_host=1", **common
+    )
+    victim = start_node(tmp_path, "victim", "loop", rdzv_configs=f"{ELASTIC},is_host=0", **common)
+    try:
+        wait_for(
+            lambda: len(flags(tmp_path, "looping-0-")) == 2,
+            RESULT_TIMEOUT_S,
+            "both nodes' workers to loop on all_reduce in a world of 2",
+        )
+        assert flags(tmp_path, "looping-0-") == ["looping-0-0-0", "looping-0-1-0"]
+        killed_at = time.monotonic()
+        victim.kill_tree()
+        result = survivor.ok(RESULT_TIMEOUT_S)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        stop_nodes([survivor, victim])
+    assert list(result) == [0]
+    info = result[0]
+    assert info["restart_count"] == 1
+    assert (info["world_size"], info["group_world_size"], info["group_rank"]) == (1, 1, 0)
+    assert info["sum"] == 1.0
+    assert recovered_in < 20, f"re-rendezvous took {recovered_in:.1f} s"
+
+
+TIMEOUT_CASES = [
+    pytest.param("static", "timeout=3", "timeout", id="static"),
+    pytest.param("c10d", "timeout=3", "join_timeout", id="c10d-timeout"),
+    pytest.param("c10d", "join_timeout=3", "join_timeout", id="c10d-join_timeout"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("backend", "configs", "key"), TIMEOUT_CASES)
+def test_a_missing_node_gives_a_clear_timeout_error(backend: str, configs: str, key: str) -> None:
+    port = free_port()
+    launcher = ElasticLauncher(
+        "cpu",
+        nnodes="2",
+        rdzv_backend=backend,
+        rdzv_endpoint="" if backend == "static" else f"127.0.0.1:{port}",
+        master_port=port,
+        rdzv_id="lonely",
+        rdzv_configs=configs,
+        monitor_interval=0.5,
+    ).freeze()
+    started = time.monotonic()
+    with pytest.raises(RendezvousTimeoutError) as info:
+        launcher(all_reduce_sum, launcher)
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert f"timed out after 3 s ({key}) waiting for 2 node(s)" in message
+    assert f"rdzv_backend={backend!r}, endpoint '127.0.0.1:{port}', rdzv_id 'lonely'" in message
+    assert f"rdzv_configs='{key}=900'" in message
+    assert 3 <= elapsed < 3 + 5, f"the error came after {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("backend", "configs", "expected"),
+    [
+        ("c10d", "timeout=7", {"timeout": "7", "join_timeout": "7"}),
+        ("etcd-v2", "timeout=7,join_timeout=9", {"timeout": "7", "join_timeout": "9"}),
+        ("c10d", "last_call_timeout=1,keep_alive_interval=2", {"last_call_timeout": "1"}),
+        ("etcd", "timeout=7,last_call_timeout=1", {"timeout": "7", "last_call_timeout": "1"}),
+        ("static", "", {"timeout": 900}),
+    ],
+)
+def test_timeouts_reach_torch(backend: str, configs: str, expected: dict[str, object]) -> None:
+    """`timeout` also bounds c10d/etcd-v2 (torch reads only join_timeout there)."""
+    from icelaunch._engine import _setup
+
+    spec = (
+        ElasticLauncher(
+            "cpu",
+            nnodes="2",
+            rdzv_backend=backend,
+            rdzv_endpoint="127.0.0.1:1",
+            rdzv_configs=configs,
+        )
+        .freeze()
+        .spec
+    )
+    params, _, _ = _setup.rendezvous_parameters(spec, 29500)
+    assert {k: params.config.get(k) for k in expected} == expected
+    if "keep_alive_interval" in configs:
+        assert params.config["keep_alive_interval"] == "2"
+
+
+@pytest.mark.parametrize("configs", ["timeout=2.5", "join_timeout=-1", "keep_alive_interval=1e3"])
+def test_timeouts_must_be_whole_seconds(configs: str) -> None:
+    with pytest.raises(ValueError, match=r"must be a number of seconds, whole \(torch reads"):
+        ElasticLauncher("cpu", rdzv_configs=configs).freeze()
