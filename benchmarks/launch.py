@@ -21,9 +21,17 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEERS = ["icelaunch", "icelaunch-cold", "torchrun", "elastic_launch", "mp.spawn"]
+PEERS = [
+    "icelaunch",
+    "icelaunch-fastest",
+    "icelaunch-cold",
+    "torchrun",
+    "elastic_launch",
+    "mp.spawn",
+]
 LABELS = {
     "icelaunch": "icelaunch, seed defaults (spawn, warm start)",
+    "icelaunch-fastest": "icelaunch, fastest (defaults + icelaunch.warm_up() first)",
     "icelaunch-cold": "icelaunch, warm_start=False (plain spawn)",
     "torchrun": "torchrun --standalone",
     "elastic_launch": "torch elastic_launch (spawn)",
@@ -100,7 +108,7 @@ def per_worker_cost(samples: dict[str, dict[int, list[dict[str, float]]]], sizes
     if lo == hi:
         return "(one size only: no per-worker cost)"
     lines = [f"cost of each extra worker, {lo} to {hi} workers (whole process, medians):"]
-    for peer in PEERS:
+    for peer in samples:
         slope = (med(samples[peer][hi], "wall_s") - med(samples[peer][lo], "wall_s")) / (hi - lo)
         lines.append(f"  {LABELS[peer]:48} {slope * 1000:6.0f} ms/worker")
     return "\n".join(lines)

@@ -99,3 +99,30 @@ def test_fork_server_ends_with_its_process(tmp_path: Path) -> None:
     assert servers, "the launch did not use the fork server"
     _, alive = psutil.wait_procs([psutil.Process(p) for p in servers if psutil.pid_exists(p)], 5)
     assert not alive, f"fork server outlived its process: {alive}"
+
+
+WARM_UP_SCRIPT = """
+import sys
+import icelaunch
+
+if __name__ == "__main__":
+    icelaunch.warm_up()
+    assert "torch" not in sys.modules  # the server imports it, not us
+    from icelaunch import ElasticLauncher
+
+    def worker(launcher):
+        return launcher.world_size
+
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    print(launcher(worker, launcher), flush=True)
+"""
+
+
+def test_warm_up_ahead_of_torch(tmp_path: Path) -> None:
+    script = tmp_path / "early.py"
+    script.write_text(textwrap.dedent(WARM_UP_SCRIPT))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "{0: 2, 1: 2}" in proc.stdout

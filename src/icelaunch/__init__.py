@@ -53,9 +53,28 @@ __all__ = [
     "is_configurable",
     "make_configurable",
     "parse_devices",
+    "warm_up",
 ]
 
 __version__ = "0.1.0"
+
+
+def warm_up() -> None:
+    """Start the fork server that ``spawn`` workers come from, ahead of the first launch.
+
+    Optional. Call it first thing in the main block, before importing torch, and
+    the server imports torch in parallel with your program instead of during the
+    first launch::
+
+        if __name__ == "__main__":
+            icelaunch.warm_up()
+            import torch
+            ...
+    """
+    from icelaunch import _forkserver
+
+    _forkserver.warm_up()
+
 
 _LAZY = {
     "ElasticLauncher": "icelaunch._launcher",

@@ -24,8 +24,8 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _ports, _worker
-from icelaunch._engine import _hygiene, _rdzv_errors, _setup, _start
+from icelaunch import _failures, _forkserver, _ports, _worker
+from icelaunch._engine import _hygiene, _rdzv_errors, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -58,10 +58,10 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
 
     def target(run_dir: str) -> _Target:
         notify = os.path.join(run_dir, "done.sock")
-        job = _worker.Job(fn, args, spec, run_dir, notify, _start.uses_fork_server(spec))
+        job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
         return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
 
-    _start.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
+    _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
 
 
@@ -198,7 +198,7 @@ def _run_agent(
         reports_done=target.reports_done,
         spec=worker_spec,
         logs_specs=logs,
-        start_method=_start.torch_start_method(spec),
+        start_method=_forkserver.torch_start_method(spec),
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

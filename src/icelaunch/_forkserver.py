@@ -1,4 +1,7 @@
-"""How worker processes start: plain multiprocessing, or the warm fork server."""
+"""How worker processes start: plain multiprocessing, or the warm fork server.
+
+Imports no torch, so :func:`warm_up` can run before the program imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import multiprocessing.forkserver
 
 from icelaunch._spec import LaunchSpec
 
-WARM_MODULES = ["icelaunch._warm"]
+PRELOAD = ["icelaunch._preload"]
 
 
 def uses_fork_server(spec: LaunchSpec) -> bool:
@@ -20,14 +23,14 @@ def torch_start_method(spec: LaunchSpec) -> str:
     return "forkserver" if uses_fork_server(spec) else spec.start_method
 
 
-def warm_up(spec: LaunchSpec) -> None:
-    """Start the fork server now (it imports torch while the launcher sets up).
+def warm_up(spec: LaunchSpec | None = None) -> None:
+    """Start the fork server now; it imports torch while the launcher carries on.
 
     The server is one per process, kept between launches, and ends with the
     process; it runs none of the caller's code and never initialises CUDA.
     """
-    if not uses_fork_server(spec):
+    if spec is not None and not uses_fork_server(spec):
         return
-    if spec.warm_start:
-        multiprocessing.set_forkserver_preload(WARM_MODULES)
+    if spec is None or spec.warm_start:
+        multiprocessing.set_forkserver_preload(PRELOAD)
     multiprocessing.forkserver.ensure_running()
