@@ -120,6 +120,22 @@ def run_elastic_launch(n: int) -> dict[str, float]:
     return _timing(start, max(finished.values()))
 
 
+def _timed_by_file(launch: Any) -> dict[str, float]:
+    """Time ``launch()``, whose workers append their finish times to a file."""
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    os.environ["BENCH_FINISH_FILE"] = path
+    try:
+        start = time.time()
+        launch()
+        returned = time.time()
+        with open(path) as fh:
+            finished = max(float(x) for x in fh.read().split())
+    finally:
+        os.remove(path)
+    return {"call_s": returned - start, "return_lag_s": returned - finished}
+
+
 def run_mp_spawn(n: int) -> dict[str, float]:
     import socket
 
@@ -128,36 +144,14 @@ def run_mp_spawn(n: int) -> dict[str, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    fd, path = tempfile.mkstemp()
-    os.close(fd)
-    os.environ["BENCH_FINISH_FILE"] = path
-    try:
-        start = time.time()
-        mp.spawn(job, args=(n, port), nprocs=n, join=True)
-        returned = time.time()
-        with open(path) as fh:
-            finished = max(float(x) for x in fh.read().split())
-    finally:
-        os.remove(path)
-    return {"call_s": returned - start, "return_lag_s": returned - finished}
+    return _timed_by_file(lambda: mp.spawn(job, args=(n, port), nprocs=n, join=True))
 
 
 def run_torchrun(n: int) -> dict[str, float]:
     from torch.distributed.run import main as torchrun
 
-    fd, path = tempfile.mkstemp()
-    os.close(fd)
-    os.environ["BENCH_FINISH_FILE"] = path
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchrun_job.py")
-    try:
-        start = time.time()
-        torchrun(["--standalone", f"--nproc-per-node={n}", script])
-        returned = time.time()
-        with open(path) as fh:
-            finished = max(float(x) for x in fh.read().split())
-    finally:
-        os.remove(path)
-    return {"call_s": returned - start, "return_lag_s": returned - finished}
+    return _timed_by_file(lambda: torchrun(["--standalone", f"--nproc-per-node={n}", script]))
 
 
 PEERS = {
