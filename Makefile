@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --constraint constraints.txt
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo bench clean etcd-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+# The etcd rendezvous tests talk to a real server: Debian's etcd-server (3.4), if
+# no etcd is on PATH yet (CI is a fresh machine where we are root).
+etcd-server:
+	@command -v etcd >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server)
+
+unit: $(STAMP) etcd-server
 	$(PY) -m pytest src/icelaunch tests
 
 test: lint typecheck unit
