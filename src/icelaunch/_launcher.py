@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _cluster, _worker
+from icelaunch import _cluster, _preflight, _worker
 from icelaunch._config import Configurable
 from icelaunch._spec import LaunchSpec, build_spec
 
@@ -91,10 +91,12 @@ class ElasticLauncher(Configurable):
 
         Raises:
             WorkerFailedError: a worker failed and no restart was left.
+            RuntimeError: ``start_method="fork"`` after this process initialised CUDA.
         """
         from icelaunch import _engine
 
-        return _engine.launch(self._spec, fn, args)
+        with _preflight.prepared(self._spec):  # fork after CUDA; `python -` scripts
+            return _engine.launch(self._spec, fn, args)
 
     @property
     def devices(self) -> list[torch.device]:

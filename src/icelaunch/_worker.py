@@ -284,8 +284,7 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
         with _reported(job, ctx):
             _init_process_group(ctx)
             result = job.fn(*job.args)
-            _check_picklable(job.fn, ctx, result)
-            return result
+            return _sendable(job.fn, ctx, result)
         return None  # the function called sys.exit(0)
     finally:
         if dist.is_initialized():
@@ -329,9 +328,26 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}/attempt_{ctx.restart_count}", store)
 
 
-def _check_picklable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> None:
-    try:
+class _ByValue:
+    """A return value that only cloudpickle can send (e.g. of a class defined in a
+    notebook or ``__main__``); the launcher unpickles it as the value itself."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return pickle.loads, (self.data,)
+
+
+def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
+    """``value`` ready for torch's return queue: as is when pickle takes it, else by value."""
+    with contextlib.suppress(Exception):
         pickle.dumps(value)
+        return value
+    try:
+        import cloudpickle
+
+        return _ByValue(cloudpickle.dumps(value))
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(
@@ -345,7 +361,9 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
     """Save type, message, traceback and (if picklable) the exception for the parent."""
     pickled: bytes | None
     try:
-        pickled = pickle.dumps(exc)
+        import cloudpickle  # an exception class from __main__ or a notebook goes by value
+
+        pickled = cloudpickle.dumps(exc)
         pickle.loads(pickled)  # the parent must be able to load it too
     except Exception:
         pickled = None
