@@ -63,6 +63,18 @@ NODE_SCRIPT = textwrap.dedent(
                 all_reduce(launcher)
                 time.sleep(0.02)
             raise TimeoutError(f"no node left the job within {LOOP_LIMIT_S} s")
+        if mode == "grow":
+            # Alone, the first attempt fails (restart_count 1 here, 0 on a newcomer);
+            # then all-reduce until a second node joins and the group is rebuilt.
+            if launcher.world_size == 1 and launcher.restart_count == 0:
+                raise RuntimeError("the first attempt fails")
+            flag(flag_dir, launcher, f"world{launcher.world_size}")
+            deadline = time.monotonic() + LOOP_LIMIT_S
+            while launcher.world_size == 1 and time.monotonic() < deadline:
+                all_reduce(launcher)
+                time.sleep(0.02)
+            if launcher.world_size == 1:
+                raise TimeoutError(f"no node joined within {LOOP_LIMIT_S} s")
         if mode == "fail_once" and launcher.restart_count == 0:
             if launcher.rank == launcher.world_size - 1:
                 raise RuntimeError("the last rank fails on the first attempt")

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow]
 
 RESULT_TIMEOUT_S = 60
 # Short keep-alives and last call, so that membership changes settle in seconds.
-ELASTIC = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=40"
+ELASTIC = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=5,join_timeout=40"
 
 
 @pytest.mark.timeout(90)
@@ -106,6 +106,38 @@ def test_c10d_survivor_continues_after_a_node_is_killed(tmp_path: Path) -> None:
     assert (info["world_size"], info["group_world_size"], info["group_rank"]) == (1, 1, 0)
     assert info["sum"] == 1.0
     assert recovered_in < 20, f"re-rendezvous took {recovered_in:.1f} s"
+
+
+@pytest.mark.timeout(120)
+def test_c10d_node_joins_a_running_job_after_a_restart(tmp_path: Path) -> None:
+    """Scale-up: the running node restarted once (restart_count 1), the newcomer has 0."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    common = {
+        "devices": "cpu:0",
+        "nnodes": "1:2",
+        "rdzv_backend": "c10d",
+        "rdzv_endpoint": endpoint,
+        "rdzv_id": "grow",
+        "max_restarts": 1,
+    }
+    first = start_node(tmp_path, "first", "grow", rdzv_configs=f"{ELASTIC},is_host=1", **common)
+    nodes = [first]
+    try:
+        wait_for(
+            lambda: flags(tmp_path, "world1-") == ["world1-1-0-0"] or first.proc.poll() is not None,
+            RESULT_TIMEOUT_S,
+            "the first node to run alone after its restart",
+        )
+        nodes.append(start_node(tmp_path, "newcomer", "grow", **common, rdzv_configs=ELASTIC))
+        results = {node.name: node.ok(RESULT_TIMEOUT_S) for node in nodes}
+    finally:
+        stop_nodes(nodes)
+    merged = {rank: info for result in results.values() for rank, info in result.items()}
+    assert sorted(merged) == [0, 1]
+    assert [info["restart_count"] for info in results["first"].values()] == [1]
+    assert [info["restart_count"] for info in results["newcomer"].values()] == [0]
+    for info in merged.values():
+        assert (info["world_size"], info["group_world_size"], info["sum"]) == (2, 2, 3.0)
 
 
 TIMEOUT_CASES = [

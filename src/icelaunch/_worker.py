@@ -325,7 +325,10 @@ def _attempt_store(ctx: WorkerContext) -> Any:
         is_master=not agent_hosts and ctx.rank == 0,
         wait_for_workers=False,
     )
-    return PrefixStore(f"icelaunch/{ctx.rdzv_id}/attempt_{ctx.restart_count}", store)
+    # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
+    # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
+    attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""
+    return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
 class _ByValue:

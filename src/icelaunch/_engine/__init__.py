@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _failures, _forkserver, _ports, _worker
-from icelaunch._engine import _hygiene, _rdzv_errors, _setup
+from icelaunch._engine import _hygiene, _rendezvous, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -175,7 +175,7 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             master_addr=master_addr,
             master_port=master_port,
         )
-        with _rdzv_errors.explained(rdzv_params):
+        with _rendezvous.explained(rdzv_params), _rendezvous.store_per_round(rdzv_params):
             return _run_agent(spec, target, worker_spec, listener, run_dir)
     finally:
         listener.close()

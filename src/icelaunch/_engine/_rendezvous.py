@@ -1,8 +1,9 @@
-"""Clear errors for rendezvous failures that torch reports obscurely (often with no message)."""
+"""Rendezvous: clear errors for failures torch reports obscurely, and a store for each round."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from torch.distributed import DistNetworkError, DistStoreError
@@ -14,6 +15,31 @@ from icelaunch._errors import RendezvousClosedError, RendezvousTimeoutError
 # torch's dynamic handler (c10d, etcd-v2) waits ``join_timeout``; static and etcd ``timeout``.
 DYNAMIC_BACKENDS = ("c10d", "etcd-v2")
 TORCH_JOIN_TIMEOUT_S = 600
+UNSHARE_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+@contextlib.contextmanager
+def store_per_round(params: RendezvousParameters) -> Iterator[None]:
+    """Give c10d/etcd-v2 workers a new store each rendezvous round (torch's opt-out switch).
+
+    With the agent's store shared across rounds, torch 2.13 lets a node that joins a
+    running job wait forever for MASTER_ADDR, which the old rank 0 never publishes
+    again. A store of their own per round (hosted by worker rank 0 on a port chosen
+    for that round) also needs no per-restart key prefix, so nodes whose
+    ``restart_count`` differ (one restarted, one newly joined) still meet.
+    """
+    if params.backend not in DYNAMIC_BACKENDS:
+        yield
+        return
+    saved = os.environ.get(UNSHARE_STORE_ENV)
+    os.environ[UNSHARE_STORE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(UNSHARE_STORE_ENV, None)
+        else:
+            os.environ[UNSHARE_STORE_ENV] = saved
 
 
 @contextlib.contextmanager
