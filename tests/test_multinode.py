@@ -207,3 +207,14 @@ def test_timeouts_reach_torch(backend: str, configs: str, expected: dict[str, ob
 def test_timeouts_must_be_whole_seconds(configs: str) -> None:
     with pytest.raises(ValueError, match=r"must be a number of seconds, whole \(torch reads"):
         ElasticLauncher("cpu", rdzv_configs=configs).freeze()
+
+
+@pytest.mark.timeout(60)
+def test_c10d_rdzv_id_can_be_used_again_after_a_run() -> None:
+    """A c10d store ends with its launch, so the next run may reuse the id (etcd's may not)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    for _ in range(2):
+        launcher = ElasticLauncher(
+            "cpu", nnodes="1", rdzv_backend="c10d", rdzv_endpoint=endpoint, rdzv_id="again"
+        ).freeze()
+        assert launcher(all_reduce_sum, launcher) == {0: 1.0}
