@@ -141,19 +141,35 @@ class Node:
         kill_trees([self.proc.pid])
 
 
-def start_node(tmp_path: Path, name: str, mode: str = "plain", **kwargs: Any) -> Node:
-    """Start one node: ``ElasticLauncher(**kwargs)`` in a new process, running ``mode``."""
+def start_node(
+    tmp_path: Path,
+    name: str,
+    mode: str = "plain",
+    *,
+    netns: str | None = None,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Node:
+    """Start one node: ``ElasticLauncher(**kwargs)`` in a new process, running ``mode``.
+
+    ``netns`` runs it in that network namespace (``ip netns exec`` execs, so the
+    process is the launcher itself); ``env`` adds environment variables.
+    """
     script = tmp_path / "node.py"
     if not script.exists():
         script.write_text(NODE_SCRIPT)
     out, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
     kwargs.setdefault("monitor_interval", 0.5)
+    argv = [sys.executable, str(script), json.dumps(kwargs), mode, str(out)]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(script), json.dumps(kwargs), mode, str(out)],
+            argv,
             stdout=fh,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
+            env={**os.environ, **(env or {})},
         )
     return Node(name, proc, out, log)
 

@@ -6,8 +6,16 @@ node that never comes. Each node runs 1-2 CPU workers (gloo).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +226,123 @@ def test_c10d_rdzv_id_can_be_used_again_after_a_run() -> None:
             "cpu", nnodes="1", rdzv_backend="c10d", rdzv_endpoint=endpoint, rdzv_id="again"
         ).freeze()
         assert launcher(all_reduce_sum, launcher) == {0: 1.0}
+
+
+# -- two network namespaces joined by a veth pair: nodes with different addresses ----------
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    address: str
+    device: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[Namespace, Namespace]]:
+    """Two network namespaces, 10.213.N.1 and 10.213.N.2, linked by a veth pair."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    tag, subnet = f"{os.getpid()}-{random.randrange(10**6)}", random.randrange(1, 255)
+    hosts = tuple(
+        Namespace(f"icelaunch-{side}-{tag}", f"10.213.{subnet}.{i}", f"ice{side}{subnet}")
+        for i, side in ((1, "a"), (2, "b"))
+    )
+    a, b = hosts
+    created: list[str] = []
+    try:
+        for host in hosts:
+            _ip("netns", "add", host.name)
+            created.append(host.name)
+            # `ip netns exec` mounts /etc/netns/NAME/* over /etc: no DNS server to wait for
+            etc = Path("/etc/netns", host.name)
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text("options timeout:1 attempts:1\n")
+        _ip(
+            *("link", "add", a.device, "netns", a.name, "type", "veth"),
+            *("peer", "name", b.device, "netns", b.name),
+        )
+        for host in hosts:
+            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", host.device)
+            _ip("-n", host.name, "link", "set", host.device, "up")
+            _ip("-n", host.name, "link", "set", "lo", "up")
+            _ip("netns", "exec", host.name, "true")  # exec needs mount namespaces too
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        _delete_namespaces(created)
+        detail = getattr(exc, "stderr", b"") or b""
+        pytest.skip(f"cannot create network namespaces here: {exc} {detail.decode()}")
+    try:
+        yield a, b
+    finally:
+        _delete_namespaces(created)
+
+
+def _delete_namespaces(names: list[str]) -> None:
+    for name in names:  # deleting a namespace deletes its end of the veth pair
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+        shutil.rmtree(Path("/etc/netns", name), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path("/etc/netns").rmdir()  # only when empty: we made it, nobody else uses it
+
+
+def _on_host(host: Namespace) -> dict[str, Any]:
+    # gloo binds to the address its hostname resolves to, loopback here: name the device
+    return {"netns": host.name, "env": {"GLOO_SOCKET_IFNAME": host.device}}
+
+
+@pytest.mark.timeout(90)
+def test_static_nodes_with_different_addresses(
+    tmp_path: Path, two_hosts: tuple[Namespace, Namespace]
+) -> None:
+    a, b = two_hosts
+    common = {"devices": "cpu:0-1", "nnodes": "2", "master_addr": a.address, "master_port": 29500}
+    nodes = [
+        start_node(tmp_path, "a", node_rank=0, **common, **_on_host(a)),
+        start_node(tmp_path, "b", node_rank=1, **common, **_on_host(b)),
+    ]
+    try:
+        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
+    finally:
+        stop_nodes(nodes)
+    assert [sorted(r) for r in results] == [[0, 1], [2, 3]]
+    for result in results:
+        for info in result.values():
+            assert (info["world_size"], info["sum"], info["master_addr"]) == (4, 10.0, a.address)
+
+
+@pytest.mark.timeout(90)
+def test_c10d_nodes_with_different_addresses(
+    tmp_path: Path, two_hosts: tuple[Namespace, Namespace]
+) -> None:
+    """``local_addr`` names the address other nodes reach this one at (torchrun's
+    --local-addr); without it torch publishes ``socket.getfqdn()``, ``localhost`` here."""
+    a, b = two_hosts
+    common = {
+        "devices": "cpu:0",
+        "nnodes": "2",
+        "rdzv_backend": "c10d",
+        "rdzv_endpoint": f"{a.address}:29400",
+        "rdzv_id": "two-hosts",
+    }
+    configs = "join_timeout=30,read_timeout=30,is_host={},local_addr={}"
+    nodes = [
+        start_node(
+            tmp_path, "a", **common, rdzv_configs=configs.format(1, a.address), **_on_host(a)
+        ),
+        start_node(
+            tmp_path, "b", **common, rdzv_configs=configs.format(0, b.address), **_on_host(b)
+        ),
+    ]
+    try:
+        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
+    finally:
+        stop_nodes(nodes)
+    merged = {rank: info for result in results for rank, info in result.items()}
+    assert sorted(merged) == [0, 1]
+    for info in merged.values():
+        assert (info["world_size"], info["sum"]) == (2, 3.0)
+        assert info["master_addr"] in (a.address, b.address)
