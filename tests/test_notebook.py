@@ -27,6 +27,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+GLOO_FLAKE = "connectFullMesh"
 EXAMPLE = ROOT / "examples" / "notebook.ipynb"
 KERNEL_NAME = "icelaunch-test"
 STARTUP_TIMEOUT_S = 90
@@ -34,11 +35,14 @@ CELL_TIMEOUT_S = 120
 WORKERS_UP_TIMEOUT_S = 60
 GONE_TIMEOUT_S = 15
 
+# torch's gloo handshake fails now and then under load ("connectFullMesh failed ...
+# Connection closed by peer", also with plain torch: pytorch/pytorch#53270); a restart
+# absorbs it, and an interrupt still ends the launch.
 SETUP = """\
 import os, signal, time
 from icelaunch import ElasticLauncher
 
-launcher = ElasticLauncher("cpu:0-1").freeze()
+launcher = ElasticLauncher("cpu:0-1", max_restarts=1).freeze()
 """
 
 DEFINE = """\
@@ -226,7 +230,10 @@ def test_example_notebook_runs(tmp_path: Path) -> None:
     nb = nbformat.read(EXAMPLE, as_version=4)
     with _client(nb, tmp_path) as client:
         for index, cell in enumerate(nb.cells):
-            if cell.cell_type == "code":
-                assert not _errors(_run(client, index)), (index, cell.source)
+            if cell.cell_type != "code":
+                continue
+            if any(GLOO_FLAKE in e for e in _errors(_run(client, index))):
+                _run(client, index)  # run the cell again, as a user would (see SETUP)
+            assert not _errors(cell), (index, cell.source, _errors(cell))
     out = "".join(_stream_text(c) for c in nb.cells if c.cell_type == "code")
     assert "[rank0]: " in out and "[rank1]: " in out, out
