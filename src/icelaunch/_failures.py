@@ -10,7 +10,7 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from icelaunch._worker import report_path
+from icelaunch._worker import report_path, started_path
 
 _STDERR_TAIL_LINES = 20
 
@@ -49,15 +49,30 @@ class WorkerFailedError(ChildFailedError):
         failures: dict[int, ProcessFailure],
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
+        before_user_code: bool = False,
     ) -> None:
         self.details = dict(sorted(details.items(), key=lambda kv: (kv[1].time, kv[0])))
         self.exceptions = exceptions
+        #: no worker of this node got as far as calling the launched function
+        self.before_user_code = before_user_code
         super().__init__(name, failures)
 
     @property
     def ranks(self) -> list[int]:
         """The failed global ranks, sorted."""
         return sorted(self.details)
+
+    @property
+    def transient_setup_failure(self) -> bool:
+        """Whether gloo failed to connect the ranks before any function started.
+
+        A known intermittent failure of gloo's connection set-up (pytorch#53270):
+        no user code ran, so the launch can safely be tried again.
+        """
+        signs = ("connectFullMesh", "Connection closed by peer", "Connection reset by peer")
+        return self.before_user_code and any(
+            sign in d.message for d in self.details.values() for sign in signs
+        )
 
     @property
     def first(self) -> RankFailure:
@@ -79,7 +94,8 @@ class WorkerFailedError(ChildFailedError):
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.name, self.failures, self.details, self.exceptions))
+        args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
+        return (type(self), args)
 
 
 def _signal_name(exitcode: int) -> str | None:
@@ -162,7 +178,9 @@ def build_error(
             stderr_tail=tail,
             time=report.get("time", failure.timestamp),
         )
-    return WorkerFailedError(name, failures, details, exceptions)
+    started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
+    started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
+    return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
 
 
 def _message(failure: ProcessFailure, stderr_tail: str) -> str:

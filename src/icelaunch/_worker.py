@@ -283,12 +283,23 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
     try:
         with _reported(job, ctx):
             _init_process_group(ctx)
+            _mark_started(job, ctx)
             result = job.fn(*job.args)
             return _sendable(job.fn, ctx, result)
         return None  # the function called sys.exit(0)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def started_path(report_dir: str, restart_count: int, local_rank: int) -> str:
+    """The file whose existence says a worker's group was up and its function began."""
+    return os.path.join(report_dir, f"started-{restart_count}-{local_rank}")
+
+
+def _mark_started(job: Job, ctx: WorkerContext) -> None:
+    with open(started_path(job.report_dir, ctx.restart_count, ctx.local_rank), "w"):
+        pass
 
 
 def _init_process_group(ctx: WorkerContext) -> None:

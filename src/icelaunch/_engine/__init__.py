@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 LINE_PREFIX = "[rank${rank}]: "
 SHUTDOWN_TIMEOUT_S = 3
+SETUP_RETRIES = 2  # launches again after gloo's intermittent connection failure
 SPEC_ENV = _worker.SPEC_ENV
 
 
@@ -132,17 +133,24 @@ def _launch_with_port_retry(
     spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
 ) -> dict[int, Any]:
     chosen = spec.master_port is None or spec.standalone
-    for attempt in range(_ports.ATTEMPTS):
+    setup_retries = SETUP_RETRIES if spec.max_nodes == 1 else 0
+    for attempt in range(_ports.ATTEMPTS + setup_retries):
         port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
+        this = target(run_dir)
         try:
             with _port_errors(port):
-                return _run(spec, target(run_dir), run_dir, port)
+                return _run(spec, this, run_dir, port)
         except _ports.PortBusyError:
             if not chosen:
                 raise
             logger.debug("port %s was taken meanwhile; trying another", port)
+        except _failures.WorkerFailedError as err:
+            if not (this.reports_done and err.transient_setup_failure and setup_retries):
+                raise
+            setup_retries -= 1
+            logger.warning("gloo could not connect the workers (%s); launching again", err.first)
     raise _ports.PortBusyError(f"no free port found after {_ports.ATTEMPTS} attempts")
 
 
