@@ -10,13 +10,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from tests_helpers import is_mp_helper
+
 _GRACE_S = 5.0
-
-
-# multiprocessing's resource tracker and fork server are one per parent process,
-# shared by every launch, and exit with the parent: helpers, not leaked workers.
-# (test_speed.py checks that the fork server ends with its parent.)
-_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _children() -> list[psutil.Process]:
@@ -24,15 +20,7 @@ def _children() -> list[psutil.Process]:
         found = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-    return [p for p in found if not _is_helper(p)]
-
-
-def _is_helper(proc: psutil.Process) -> bool:
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-    return any(name in cmdline for name in _HELPERS)
+    return [p for p in found if not is_mp_helper(p)]
 
 
 def wait_no_children(timeout: float = _GRACE_S) -> list[psutil.Process]:

@@ -18,6 +18,8 @@ import cloudpickle
 import psutil
 import pytest
 
+from tests_helpers import is_mp_helper
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MLP = ROOT / "examples" / "train_mlp.py"
 RUN_TIMEOUT_S = 120
@@ -92,7 +94,8 @@ def _survivors(procs: list[psutil.Process]) -> list[psutil.Process]:
     """Our own children and ``procs`` still alive after a grace period of ``GRACE_S``."""
     deadline = time.monotonic() + GRACE_S
     while True:
-        survivors = _alive([*psutil.Process().children(recursive=True), *procs])
+        ours = [p for p in psutil.Process().children(recursive=True) if not is_mp_helper(p)]
+        survivors = _alive([*ours, *procs])
         if not survivors or time.monotonic() > deadline:
             return survivors
         time.sleep(0.05)

@@ -250,24 +250,51 @@ def test_thirty_two_workers_on_two_cores() -> None:
     assert results == {r: 32 * 33 / 2 for r in range(32)}
 
 
-def _snapshot() -> tuple[int, int, int, int]:
+LEAK_SCRIPT = """
+import json, os, tempfile, threading
+import psutil
+from icelaunch import ElasticLauncher
+
+def succeed(launcher):
+    return int(launcher.rank)
+
+def snapshot():
     me = psutil.Process()
-    children = [p for p in me.children(recursive=True) if "resource_tracker" not in p.cmdline()[-1]]
-    temp = os.listdir(tempfile.gettempdir())
-    return len(children), me.num_fds(), threading.active_count(), len(temp)
+    helpers = ("resource_tracker", "forkserver")
+    children = [p for p in me.children(recursive=True)
+                if not any(h in " ".join(p.cmdline()) for h in helpers)]
+    return [len(children), me.num_fds(), threading.active_count(),
+            len(os.listdir(tempfile.gettempdir()))]
 
-
-def test_hundred_sequential_launches_leak_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # other processes use /tmp too
+if __name__ == "__main__":
     launcher = ElasticLauncher("cpu", monitor_interval=0.5).freeze()
-    launcher(succeed, launcher)  # warm-up: lazy imports, the resource tracker
-    before = _snapshot()
-    start = time.monotonic()
+    launcher(succeed, launcher)  # warm-up: lazy imports, the fork server, mp's temp folder
+    before = snapshot()
     for _ in range(100):
         assert launcher(succeed, launcher) == {0: 0}
+    print(json.dumps({"before": before, "after": snapshot()}))
+"""
+
+
+def test_hundred_sequential_launches_leak_nothing(tmp_path: Path) -> None:
+    """In a fresh process, so that nothing else running in the test process counts."""
+    import json
+
+    script = tmp_path / "hundred.py"
+    script.write_text(LEAK_SCRIPT)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env={**os.environ, "TMPDIR": str(temp)},
+        check=False,
+    )
     took = time.monotonic() - start
-    after = _snapshot()
-    print(f"\n100 launches: {took:.1f} s; children/fds/threads/tempdirs {before} -> {after}")
-    assert after == before
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n100 launches: {took:.1f} s; children/fds/threads/temp entries {found}")
+    assert found["after"] == found["before"]

@@ -51,7 +51,7 @@ class WorkerFailedError(ChildFailedError):
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
     ) -> None:
-        self.details = dict(sorted(details.items(), key=lambda kv: (kv[1].time, kv[0])))
+        self.details = dict(sorted(details.items(), key=_failure_order))
         self.exceptions = exceptions
         #: no worker of this node got as far as calling the launched function
         self.before_user_code = before_user_code
@@ -96,6 +96,12 @@ class WorkerFailedError(ChildFailedError):
     def __reduce__(self) -> Any:
         args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
         return (type(self), args)
+
+
+def _failure_order(item: tuple[int, RankFailure]) -> tuple[bool, float, int]:
+    """Root causes first: ranks the agent stopped with SIGTERM are collateral."""
+    rank, detail = item
+    return (detail.signal_name == "SIGTERM" and detail.exc_type is None, detail.time, rank)
 
 
 def _signal_name(exitcode: int) -> str | None:
