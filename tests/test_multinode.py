@@ -177,7 +177,7 @@ def test_a_missing_node_gives_a_clear_timeout_error(backend: str, configs: str, 
     assert f"timed out after 3 s ({key}) waiting for 2 node(s)" in message
     assert f"rdzv_backend={backend!r}, endpoint '127.0.0.1:{port}', rdzv_id 'lonely'" in message
     assert f"rdzv_configs='{key}=900'" in message
-    assert 3 <= elapsed < 3 + 5, f"the error came after {elapsed:.1f} s"
+    assert 3 <= elapsed < 3 + 8, f"the error came after {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize(
