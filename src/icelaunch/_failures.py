@@ -13,6 +13,12 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, P
 from icelaunch._worker import report_path, started_path
 
 _STDERR_TAIL_LINES = 20
+_NO_TRACEBACK = (
+    "(no traceback from the launched function: the process ended before it could "
+    "start or without raising; its own output, above, says why. A script that "
+    'launches must do so under `if __name__ == "__main__":`, since workers '
+    "import it again)"
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class WorkerFailedError(ChildFailedError):
             elif d.stderr_tail:
                 lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
             else:
-                lines.append("(no traceback: the process died without raising)")
+                lines.append(_NO_TRACEBACK)
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:

@@ -48,22 +48,31 @@ def no_torch_temp_files() -> Iterator[None]:
 
 
 class _DropTraceback(logging.Filter):
-    """Keep torch's failure log line, drop its traceback.
+    """Keep torch's log lines but drop tracebacks and its per-process shutdown chatter.
 
-    WorkerFailedError carries every traceback; formatting one in torch's logging
-    imports torch._dynamo (about 0.7 s) and creates inductor cache folders.
+    WorkerFailedError carries every traceback and exit status; formatting one in
+    torch's logging imports torch._dynamo (about 0.7 s) and creates inductor cache
+    folders, and "Terminating process ..." lines name internals the user never chose.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.exc_info = None
         record.exc_text = None
-        return True
+        return not str(record.msg).startswith(_CHATTER)
 
 
+_CHATTER = (
+    "Terminating process",
+    "Closing process",
+    "Sending process",
+    "Unable to shutdown process",
+    "failed (exitcode",
+)
 _TORCH_FAILURE_LOGGERS = (
     "torch.distributed.elastic.multiprocessing.api",
     "torch.distributed.elastic.agent.server.api",
     "torch.distributed.elastic.agent.server.local_elastic_agent",
+    "torch.multiprocessing.spawn",
 )
 
 
