@@ -209,3 +209,21 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 def flags(tmp_path: Path, prefix: str) -> list[str]:
     """The flag files workers wrote (``looping-<restart>-<group_rank>-<local_rank>``)."""
     return sorted(n for n in os.listdir(tmp_path) if n.startswith(prefix))
+
+
+def timed_out_clearly(launcher: Any, backend: str, endpoint: str, rdzv_id: str, key: str) -> str:
+    """Launch a 2-node job alone: a RendezvousTimeoutError after 3 s plus a few; its text."""
+    import pytest
+
+    from icelaunch import RendezvousTimeoutError
+    from tests_helpers import all_reduce_sum
+
+    started = time.monotonic()
+    with pytest.raises(RendezvousTimeoutError) as info:
+        launcher(all_reduce_sum, launcher)
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert f"timed out after 3 s ({key}) waiting for 2 node(s)" in message
+    assert f"rdzv_backend={backend!r}, endpoint {endpoint!r}, rdzv_id {rdzv_id!r}" in message
+    assert 3 <= elapsed < 3 + 8, f"the error came after {elapsed:.1f} s"
+    return message

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from icelaunch import ElasticLauncher, RendezvousTimeoutError
+from icelaunch import ElasticLauncher
 from icelaunch._ports import free_port
-from multinode_helpers import flags, start_node, stop_nodes, wait_for
+from multinode_helpers import flags, start_node, stop_nodes, timed_out_clearly, wait_for
 from tests_helpers import all_reduce_sum
 
 pytestmark = [pytest.mark.slow]
@@ -169,15 +169,8 @@ def test_a_missing_node_gives_a_clear_timeout_error(backend: str, configs: str, 
         rdzv_configs=configs,
         monitor_interval=0.5,
     ).freeze()
-    started = time.monotonic()
-    with pytest.raises(RendezvousTimeoutError) as info:
-        launcher(all_reduce_sum, launcher)
-    elapsed = time.monotonic() - started
-    message = str(info.value)
-    assert f"timed out after 3 s ({key}) waiting for 2 node(s)" in message
-    assert f"rdzv_backend={backend!r}, endpoint '127.0.0.1:{port}', rdzv_id 'lonely'" in message
+    message = timed_out_clearly(launcher, backend, f"127.0.0.1:{port}", "lonely", key)
     assert f"rdzv_configs='{key}=900'" in message
-    assert 3 <= elapsed < 3 + 8, f"the error came after {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize(
