@@ -227,3 +227,15 @@ def timed_out_clearly(launcher: Any, backend: str, endpoint: str, rdzv_id: str, 
     assert f"rdzv_backend={backend!r}, endpoint {endpoint!r}, rdzv_id {rdzv_id!r}" in message
     assert 3 <= elapsed < 3 + 8, f"the error came after {elapsed:.1f} s"
     return message
+
+
+def results_of(
+    nodes: list[Node], timeout: float = 60
+) -> tuple[list[dict[int, Any]], dict[int, Any]]:
+    """Every node's results (stopping all nodes whatever happens) and all ranks merged."""
+    try:
+        results = [node.ok(timeout) for node in nodes]
+    finally:
+        stop_nodes(nodes)
+    merged = {rank: info for result in results for rank, info in result.items()}
+    return results, merged

@@ -18,7 +18,7 @@ import pytest
 
 from icelaunch import ElasticLauncher, RendezvousClosedError
 from icelaunch._ports import free_port
-from multinode_helpers import start_node, stop_nodes, timed_out_clearly, wait_for
+from multinode_helpers import results_of, start_node, timed_out_clearly, wait_for
 from tests_helpers import all_reduce_sum
 
 pytestmark = [pytest.mark.slow]
@@ -86,11 +86,7 @@ def test_two_nodes_over_etcd(tmp_path: Path, etcd: str, backend: str) -> None:
         "rdzv_id": f"pair-{backend}",
     }
     nodes = [start_node(tmp_path, f"node{i}", **common) for i in range(2)]
-    try:
-        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
-    finally:
-        stop_nodes(nodes)
-    merged = {rank: info for result in results for rank, info in result.items()}
+    _results, merged = results_of(nodes, RESULT_TIMEOUT_S)
     assert sorted(merged) == [0, 1]
     for rank, info in merged.items():
         assert (info["group_rank"], info["world_size"], info["sum"]) == (rank, 2, 3.0)
@@ -109,11 +105,7 @@ def test_etcd_v2_job_restarts_on_both_nodes(tmp_path: Path, etcd: str) -> None:
         "rdzv_configs": "join_timeout=40",
     }
     nodes = [start_node(tmp_path, f"node{i}", "fail_once", **common) for i in range(2)]
-    try:
-        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
-    finally:
-        stop_nodes(nodes)
-    merged = {rank: info for result in results for rank, info in result.items()}
+    _results, merged = results_of(nodes, RESULT_TIMEOUT_S)
     assert sorted(merged) == [0, 1]
     for info in merged.values():
         assert (info["restart_count"], info["world_size"], info["sum"]) == (1, 2, 3.0)

@@ -21,7 +21,7 @@ import pytest
 
 from icelaunch import ElasticLauncher
 from icelaunch._ports import free_port
-from multinode_helpers import flags, start_node, stop_nodes, timed_out_clearly, wait_for
+from multinode_helpers import flags, results_of, start_node, stop_nodes, timed_out_clearly, wait_for
 from tests_helpers import all_reduce_sum
 
 pytestmark = [pytest.mark.slow]
@@ -64,11 +64,7 @@ def test_c10d_two_nodes_form_one_job(tmp_path: Path) -> None:
         "rdzv_id": "c10d-pair",
     }
     nodes = [start_node(tmp_path, f"node{i}", **common) for i in range(2)]
-    try:
-        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
-    finally:
-        stop_nodes(nodes)
-    merged = {rank: info for result in results for rank, info in result.items()}
+    results, merged = results_of(nodes, RESULT_TIMEOUT_S)
     assert sorted(merged) == [0, 1, 2, 3]
     for result in results:  # each node's ranks are contiguous, whichever group rank it got
         (group_rank,) = {info["group_rank"] for info in result.values()}
@@ -297,10 +293,7 @@ def test_static_nodes_with_different_addresses(
         start_node(tmp_path, "a", node_rank=0, **common, **_on_host(a)),
         start_node(tmp_path, "b", node_rank=1, **common, **_on_host(b)),
     ]
-    try:
-        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
-    finally:
-        stop_nodes(nodes)
+    results, _ = results_of(nodes, RESULT_TIMEOUT_S)
     assert [sorted(r) for r in results] == [[0, 1], [2, 3]]
     for result in results:
         for info in result.values():
@@ -330,11 +323,7 @@ def test_c10d_nodes_with_different_addresses(
             tmp_path, "b", **common, rdzv_configs=configs.format(0, b.address), **_on_host(b)
         ),
     ]
-    try:
-        results = [node.ok(RESULT_TIMEOUT_S) for node in nodes]
-    finally:
-        stop_nodes(nodes)
-    merged = {rank: info for result in results for rank, info in result.items()}
+    _results, merged = results_of(nodes, RESULT_TIMEOUT_S)
     assert sorted(merged) == [0, 1]
     for info in merged.values():
         assert (info["world_size"], info["sum"]) == (2, 3.0)
