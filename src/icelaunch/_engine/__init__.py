@@ -12,6 +12,8 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import signal
@@ -58,12 +60,20 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     name = getattr(fn, "__qualname__", None) or repr(fn)
 
     def target(run_dir: str) -> _Target:
-        notify = os.path.join(run_dir, "done.sock")
+        notify = done_address(run_dir)
         job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
         return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
+
+
+def done_address(run_dir: str) -> str:
+    """The abstract Unix socket on which workers of ``run_dir`` report "returned".
+
+    Abstract (Linux): no file, so the length of TMPDIR does not matter.
+    """
+    return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
 
 
 def _payload(name: str, job: _worker.Job) -> bytes:
@@ -169,7 +179,7 @@ def _port_errors(port: int) -> Iterator[None]:
 
 
 def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int, Any]:
-    listener = DoneListener(os.path.join(run_dir, "done.sock"))
+    listener = DoneListener(done_address(run_dir))
     try:
         rdzv_params, master_addr, master_port = _setup.rendezvous_parameters(spec, port)
         worker_spec = WorkerSpec(
@@ -207,6 +217,7 @@ def _run_agent(
         spec=worker_spec,
         logs_specs=logs,
         start_method=_forkserver.torch_start_method(spec),
+        describe=functools.partial(_failures.describe, run_dir),
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -228,7 +239,8 @@ def _failed(
     name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
-    return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
+    failures = {**agent.own_failures, **result.failures}
+    return _failures.build_error(name, failures, run_dir, agent.attempt, stderr_files, agent.exits)
 
 
 def _stderr_files(root: str, attempt: int) -> dict[int, str]:
