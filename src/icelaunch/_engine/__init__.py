@@ -12,6 +12,7 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -27,7 +28,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _failures, _forkserver, _ports, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup
+from icelaunch._engine import _hygiene, _rendezvous, _setup, _stop
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -48,6 +49,7 @@ class _Target:
     entrypoint: Callable[..., Any] | str
     args: tuple[Any, ...]
     reports_done: bool
+    mark: _stop.JobMark | None = None  # in every worker's environment
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -59,10 +61,13 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
 
+    mark = _stop.JobMark.new()
+
     def target(run_dir: str) -> _Target:
         notify = done_address(run_dir)
         job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
-        return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
+        job = dataclasses.replace(job, env={**job.env, mark.name: mark.value})
+        return _Target(name, _worker.run, (_payload(name, job),), True, mark)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
@@ -100,11 +105,14 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     """
     name = " ".join(argv)
 
+    mark = _stop.JobMark.new()
+
     def target(run_dir: str) -> _Target:
-        return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
+        return _Target(name, argv[0], tuple(argv[1:]), False, mark)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
+        os.environ[mark.name] = mark.value
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
 
@@ -218,6 +226,7 @@ def _run_agent(
         logs_specs=logs,
         start_method=_forkserver.torch_start_method(spec),
         describe=functools.partial(_failures.describe, run_dir),
+        mark=target.mark,
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

@@ -88,6 +88,7 @@ class Agent(LocalElasticAgent):
         poll_interval: float,
         reports_done: bool,
         describe: Describe | None = None,
+        mark: _stop.JobMark | None = None,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -96,12 +97,14 @@ class Agent(LocalElasticAgent):
         reports_done: workers announce their return (function entrypoints); a
             worker that exits without announcing has failed. Commands just exit.
         describe: how a failed rank is told in the restart warning.
+        mark: the environment mark of the launch's processes, for the stop path.
         """
         super().__init__(**kwargs)
         self._listener = listener
         self._poll_interval = poll_interval
         self._reports_done = reports_done
         self._describe = describe
+        self._mark = mark
         self._workers: list[_procs.WorkerProcess] = []
         self._died: dict[int, float] = {}  # local rank -> time.time() its death was seen
         #: local rank -> (true exit status, time.time() of death), this attempt
@@ -183,7 +186,7 @@ class Agent(LocalElasticAgent):
         if self._workers:
             self._note_exits()
             died_before = set(self._died)
-            sent = _stop.stop_workers(self._workers, death_sig)
+            sent = _stop.stop_workers(self._workers, death_sig, mark=self._mark)
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(self._worker_group, died_before | on_own)

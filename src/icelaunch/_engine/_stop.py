@@ -10,8 +10,10 @@ session of its own (function workers call ``os.setsid()`` at bootstrap, torch
 starts command workers with ``start_new_session=True``), so its children,
 grandchildren and orphans share its process group and session even after it
 died. A scan of ``/proc`` finds those, plus descendants that moved to a new
-session of their own while their parent was alive. A process that double-forks
-into a new session after its parent exited (a classic daemon) escapes.
+session of their own while their parent was alive, and (see :class:`JobMark`)
+any process started since the launch began whose environment carries the
+launch's mark. Only a process that leaves the session after its parent exited
+and drops that variable from its environment escapes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import os
 import select
 import signal
 import time
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from icelaunch._engine._procs import WorkerProcess
 
@@ -33,7 +37,10 @@ REAP_S = 5.0  # after SIGKILL: a process in uninterruptible sleep may never go
 
 
 def stop_workers(
-    workers: Sequence[WorkerProcess], first_signal: int = signal.SIGTERM, grace_s: float = GRACE_S
+    workers: Sequence[WorkerProcess],
+    first_signal: int = signal.SIGTERM,
+    grace_s: float = GRACE_S,
+    mark: JobMark | None = None,
 ) -> set[int]:
     """Stop ``workers`` and every process they started; return when all are gone (bounded).
 
@@ -47,6 +54,7 @@ def stop_workers(
         first_signal: sent first to each worker's session (SIGTERM, or the signal
             the launcher received).
         grace_s: how long the processes get to exit before SIGKILL.
+        mark: the launch's environment mark, to find processes that escaped.
 
     Returns:
         The signals sent to running workers (empty if none was running): a worker
@@ -54,7 +62,7 @@ def stop_workers(
     """
     leaders = {w.pid for w in workers}
     running = [w for w in workers if not w.dead()]
-    targets = leaders | descendants(leaders)
+    targets = leaders | descendants(leaders, mark)
     if not running and len(targets) == len(leaders):
         return set()  # the common case after success: nothing left, no signal sent
     for pid in targets:
@@ -63,7 +71,7 @@ def stop_workers(
     sent = {first_signal} if running else set()
     if any(not w.dead() for w in running):
         sent.add(signal.SIGKILL)
-    for pid in leaders | descendants(leaders) | targets:
+    for pid in leaders | descendants(leaders, mark) | targets:
         _signal(pid, signal.SIGKILL)
     _wait_gone(running, (), REAP_S)
     for w in running:
@@ -114,15 +122,44 @@ def _ready(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def descendants(roots: set[int]) -> set[int]:
-    """Live processes started by ``roots``: their process groups, sessions and children."""
+@dataclass(frozen=True)
+class JobMark:
+    """An environment variable every process of one launch inherits, and when it began.
+
+    Finds a descendant that left its worker's session after its parent exited, as
+    long as it kept its environment.
+    """
+
+    name: str
+    value: str
+    since_ticks: int  # clock ticks since boot, as in /proc/<pid>/stat
+
+    @classmethod
+    def new(cls) -> JobMark:
+        ticks = int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")) - 1
+        return cls(MARK_ENV, uuid.uuid4().hex, ticks)
+
+    def on(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                return f"{self.name}={self.value}".encode() in fh.read().split(b"\0")
+        except OSError:
+            return False
+
+
+MARK_ENV = "ICELAUNCH_JOB_MARK"
+
+
+def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:
+    """Live processes started by ``roots``: their process groups, sessions and children,
+    and (with ``mark``) any later process whose environment carries it."""
     table = _process_table()
     found: set[int] = set()
-    for pid, (_, pgid, sid) in table.items():
+    for pid, (_, pgid, sid, _) in table.items():
         if pid not in roots and (pgid in roots or sid in roots):
             found.add(pid)
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, _, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     stack = [*roots, *found]
     while stack:
@@ -130,12 +167,18 @@ def descendants(roots: set[int]) -> set[int]:
             if child not in found and child not in roots:
                 found.add(child)
                 stack.append(child)
+    if mark is not None:
+        me = os.getpid()
+        for pid, (_, _, _, start) in table.items():
+            known = pid in found or pid in roots or pid == me
+            if not known and start >= mark.since_ticks and mark.on(pid):
+                found.add(pid)
     return found
 
 
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, pgid, sid) of every process we can see."""
-    table: dict[int, tuple[int, int, int]] = {}
+def _process_table() -> dict[int, tuple[int, int, int, int]]:
+    """pid -> (ppid, pgid, sid, start time in ticks) of every live process we can see."""
+    table: dict[int, tuple[int, int, int, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -147,5 +190,5 @@ def _process_table() -> dict[int, tuple[int, int, int]]:
         fields = stat[stat.rfind(b")") + 2 :].split()
         if fields[0] == b"Z":
             continue  # a zombie holds nothing
-        table[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+        table[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
     return table
