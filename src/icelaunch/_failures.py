@@ -56,11 +56,14 @@ class WorkerFailedError(ChildFailedError):
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
+        restarts: int = 0,
     ) -> None:
         self.details = dict(sorted(details.items(), key=_failure_order))
         self.exceptions = exceptions
         #: no worker of this node got as far as calling the launched function
         self.before_user_code = before_user_code
+        #: how many restarts were used up before this last, failed attempt
+        self.restarts = restarts
         super().__init__(name, failures)
 
     @property
@@ -87,7 +90,8 @@ class WorkerFailedError(ChildFailedError):
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """The readable report: a summary line per rank, then each traceback."""
-        lines = [f"{len(self.details)} worker(s) of {self.name} failed, first to last:"]
+        used = f" (after {self.restarts} restart(s): max_restarts used up)" if self.restarts else ""
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed{used}, first to last:"]
         lines += [f"  {d.summary()}" for d in self.details.values()]
         for d in self.details.values():
             lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
@@ -100,7 +104,14 @@ class WorkerFailedError(ChildFailedError):
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
+        args = (
+            self.name,
+            self.failures,
+            self.details,
+            self.exceptions,
+            self.before_user_code,
+            self.restarts,
+        )
         return (type(self), args)
 
 
@@ -182,6 +193,7 @@ def build_error(
     restart_count: int,
     stderr_files: dict[int, str],
     exits: dict[int, tuple[int, float]] | None = None,
+    restarts_used: int = 0,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
 
@@ -193,6 +205,7 @@ def build_error(
         stderr_files: local rank -> stderr log file, for processes that died silently.
         exits: local rank -> (true exit status, when it was seen), for every worker
             that ended, including those the launcher stopped.
+        restarts_used: restarts spent on failures before this attempt (all of them).
     """
     details: dict[int, RankFailure] = {}
     exceptions: dict[int, BaseException] = {}
@@ -207,7 +220,9 @@ def build_error(
         details[rank] = _detail(rank, failure, report, stderr_files, exits or {})
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
-    return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
+    return WorkerFailedError(
+        name, failures, details, exceptions, before_user_code=not started, restarts=restarts_used
+    )
 
 
 def _detail(

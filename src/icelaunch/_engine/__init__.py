@@ -249,7 +249,9 @@ def _failed(
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
-    return _failures.build_error(name, failures, run_dir, agent.attempt, stderr_files, agent.exits)
+    return _failures.build_error(
+        name, failures, run_dir, agent.attempt, stderr_files, agent.exits, agent.restarts_used
+    )
 
 
 def _stderr_files(root: str, attempt: int) -> dict[int, str]:

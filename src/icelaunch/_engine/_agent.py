@@ -210,6 +210,11 @@ class Agent(LocalElasticAgent):
             logger.warning("%s; restarting the workers (restart %s/%s)", text, k, spec.max_restarts)
 
     @property
+    def restarts_used(self) -> int:
+        """Restarts spent on failed attempts so far."""
+        return int(self._worker_group.spec.max_restarts - self._remaining_restarts)
+
+    @property
     def attempt(self) -> int:
         """The attempt that ran last (0 for the first, 1 after one restart, ...)."""
         return self._listener.attempt
