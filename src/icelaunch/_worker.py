@@ -332,13 +332,18 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        ctx.master_addr,
-        ctx.master_port,
-        world_size=ctx.world_size,
-        is_master=not agent_hosts and ctx.rank == 0,
-        wait_for_workers=False,
-    )
+    if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
+        from icelaunch._loopback import worker_store
+
+        store = worker_store(ctx.rank, ctx.master_port, ctx.world_size)
+    else:
+        store = TCPStore(
+            ctx.master_addr,
+            ctx.master_port,
+            world_size=ctx.world_size,
+            is_master=not agent_hosts and ctx.rank == 0,
+            wait_for_workers=False,
+        )
     # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
     # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
     attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""

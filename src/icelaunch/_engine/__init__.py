@@ -28,7 +28,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _failures, _forkserver, _ports, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup, _stop
+from icelaunch._engine import _hygiene, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -195,7 +195,7 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             local_world_size=spec.nproc_per_node,
             entrypoint=target.entrypoint,
             args=target.args,
-            rdzv_handler=_ports.create_handler(rdzv_params, port),
+            rdzv_handler=_stores.create_handler(rdzv_params, port, spec.standalone),
             max_restarts=spec.max_restarts,
             monitor_interval=1e-6,  # the agent's own sleep; Agent waits on events instead
             master_addr=master_addr,
