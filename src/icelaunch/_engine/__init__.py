@@ -125,6 +125,7 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
             _hygiene.no_torch_temp_files(),
             _hygiene.torch_logs_without_tracebacks(),
         ):
+            _hygiene.respect_ignored_signals()
             return _launch_with_port_retry(spec, target, job_dir)
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
