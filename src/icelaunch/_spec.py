@@ -175,7 +175,19 @@ def _log_dir(value: object) -> str | None:
     return str(path)
 
 
+def _nnodes_text(spec: LaunchSpec) -> str:
+    if spec.min_nodes == spec.max_nodes:
+        return str(spec.max_nodes)
+    return f"{spec.min_nodes}:{spec.max_nodes}"
+
+
 def _check_rendezvous(spec: LaunchSpec) -> None:
+    if spec.standalone and spec.max_nodes > 1:
+        raise ValueError(
+            f"invalid nnodes {_nnodes_text(spec)!r} with standalone=True: a standalone "
+            f"rendezvous is private to this node; for several nodes drop standalone and use "
+            f"e.g. rdzv_backend='c10d', rdzv_endpoint='10.0.0.1:29400' (or nnodes='1')"
+        )
     if spec.rdzv_backend == "static" and spec.min_nodes != spec.max_nodes:
         raise _bad(
             "nnodes",

@@ -118,6 +118,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    _setup.make_log_dir(spec.log_dir)
     try:
         with (
             _hygiene.job_directory() as job_dir,
@@ -151,10 +152,11 @@ def _redeliver(sig: signal.Signals) -> None:
 def _launch_with_port_retry(
     spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
 ) -> dict[int, Any]:
-    chosen = spec.master_port is None or spec.standalone
+    fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
+    chosen = fixed is None or spec.standalone
     setup_retries = SETUP_RETRIES if spec.max_nodes == 1 else 0
     for attempt in range(_ports.ATTEMPTS + setup_retries):
-        port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
+        port = _ports.free_port() if chosen or fixed is None else fixed
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
