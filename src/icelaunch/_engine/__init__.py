@@ -22,11 +22,10 @@ from typing import Any
 
 import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
-from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _ports, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup
+from icelaunch import _console, _failures, _forkserver, _ports, _worker
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -47,6 +46,7 @@ class _Target:
     entrypoint: Callable[..., Any] | str
     args: tuple[Any, ...]
     reports_done: bool
+    console: str = ""  # the console relay's address, known to the workers
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -57,11 +57,15 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         KeyboardInterrupt: the launching process got SIGINT.
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    console = _console.new_address()
 
     def target(run_dir: str) -> _Target:
         notify = os.path.join(run_dir, "done.sock")
-        job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
-        return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
+        env = {**os.environ, _console.ADDRESS_ENV: console}
+        job = _worker.Job(
+            fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
+        )
+        return _Target(name, _worker.run, (_payload(name, job),), True, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
@@ -91,12 +95,14 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     """
     name = " ".join(argv)
     wrapped = _script_command(argv)
+    console = _console.new_address()
 
     def target(run_dir: str) -> _Target:
-        return _Target(name, wrapped[0], tuple(wrapped[1:]), reports_done=False)
+        return _Target(name, wrapped[0], tuple(wrapped[1:]), False, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
+        os.environ[_console.ADDRESS_ENV] = console
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
 
@@ -204,10 +210,8 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
 ) -> dict[int, Any]:
-    only_file, teed = _setup.std_maps(spec)
-    logs = DefaultLogsSpecs(
-        log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
-    )
+    logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
+    relay = _console.Relay(target.console, _logs.routes(spec, logs))
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -220,7 +224,8 @@ def _run_agent(
     )
     shutdown_rdzv = True
     try:
-        result = agent.run()
+        with relay:  # shows the workers' output to its end before the result is used
+            result = agent.run()
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs)
         return dict(sorted(result.return_values.items()))
@@ -233,7 +238,7 @@ def _run_agent(
 
 
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
+    name: str, result: RunResult, run_dir: str, agent: Agent, logs: _logs.RelayedLogs
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
