@@ -42,7 +42,7 @@ def routes(spec: LaunchSpec, logs: RelayedLogs) -> _console.Routes:
     """Which streams reach the console (not redirected, rank in the filter) and where
     every stream's log file goes."""
     only_file, _ = std_maps(spec)
-    wanted = getattr(spec, "local_ranks_filter", None)
+    wanted = spec.local_ranks_filter
     bits = {"stdout": int(Std.OUT), "stderr": int(Std.ERR)}
 
     def shown(local_rank: int, stream: str) -> bool:
@@ -50,5 +50,5 @@ def routes(spec: LaunchSpec, logs: RelayedLogs) -> _console.Routes:
             return False
         return not int(only_file.get(local_rank, Std.NONE)) & bits[stream]
 
-    template = getattr(spec, "log_line_prefix_template", _console.DEFAULT_TEMPLATE)
+    template = spec.log_line_prefix_template
     return _console.Routes(template=template, shown=shown, rank_dir=logs.rank_dir)
