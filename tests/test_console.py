@@ -277,3 +277,195 @@ def test_terminal_view_helper() -> None:
 
 
 _ = (re, _terminal_view)
+
+
+FLOOD_JOB = """
+import sys
+from icelaunch import ElasticLauncher
+
+LINES = 50_000
+BIG = 1 << 20
+
+def worker(launcher):
+    rank = launcher.rank
+    out = sys.stdout
+    for i in range(LINES):
+        out.write(f"{rank} {i} {'abcdefghij' * 6}\\n")
+        if rank == 0 and i == LINES // 2:
+            out.write("X" * BIG + "\\n")
+    out.flush()
+    sys.stderr.write(f"err {rank} done\\n")
+    return rank
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-3", monitor_interval=0.5, **OPTIONS).freeze()
+    assert launcher(worker, launcher) == {0: 0, 1: 1, 2: 2, 3: 3}
+"""
+FLOOD_LINES, FLOOD_BIG = 50_000, 1 << 20
+
+
+def _expected_stdout(rank: int) -> bytes:
+    lines = [f"{rank} {i} {'abcdefghij' * 6}\n".encode() for i in range(FLOOD_LINES)]
+    if rank == 0:
+        lines.insert(FLOOD_LINES // 2 + 1, b"X" * FLOOD_BIG + b"\n")
+    return b"".join(lines)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 3)
+def test_a_flood_of_lines_from_four_ranks_arrives_whole(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    job = _job(tmp_path, FLOOD_JOB, log_dir=str(logs), rdzv_id="flood")
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        code = subprocess.run(
+            [sys.executable, str(job)], cwd=tmp_path, env=ENV, stdout=out, stderr=err,
+            timeout=RUN_TIMEOUT_S * 2, check=False,
+        ).returncode  # fmt: skip
+    assert code == 0, err_path.read_text()[-3000:]
+    by_rank: dict[int, list[bytes]] = {r: [] for r in range(4)}
+    for line in out_path.read_bytes().split(b"\n")[:-1]:
+        match = re.fullmatch(rb"\[rank(\d)\]: (.*)", line, re.S)
+        assert match, line[:200]
+        by_rank[int(match[1])].append(match[2] + b"\n")
+    for rank in range(4):
+        assert b"".join(by_rank[rank]) == _expected_stdout(rank), rank
+        rank_dir = next(logs.glob(f"flood_*/attempt_0/{rank}"))
+        assert (rank_dir / "stdout.log").read_bytes() == _expected_stdout(rank)
+        assert (rank_dir / "stderr.log").read_bytes() == f"err {rank} done\n".encode()
+        assert f"[rank{rank}]: err {rank} done\n".encode() in err_path.read_bytes()
+
+
+FILTER_JOB = """
+import sys
+from icelaunch import ElasticLauncher
+
+def worker(launcher):
+    print("hello", launcher.rank)
+    print("warn", launcher.rank, file=sys.stderr)
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-2", role="trainer", monitor_interval=0.5, **OPTIONS)
+    launcher.freeze()(worker, launcher)
+"""
+FILTER_SCRIPT = """
+import sys
+import icelaunch
+
+rank = icelaunch.current().rank
+print("hello", rank)
+print("warn", rank, file=sys.stderr)
+"""
+TEMPLATE = "<${role_name}:${local_rank}/${rank}@${group_rank}> "
+
+
+def _check_filtered(stdout: bytes, stderr: bytes, logs: Path) -> None:
+    assert stdout.count(b"hello") == 2 and stderr.count(b"warn") == 2, (stdout, stderr)
+    for rank in (0, 2):
+        assert f"<trainer:{rank}/{rank}@0> hello {rank}\n".encode() in stdout
+        assert f"<trainer:{rank}/{rank}@0> warn {rank}\n".encode() in stderr
+    (rank_one,) = logs.glob("*/attempt_0/1")
+    assert (rank_one / "stdout.log").read_bytes() == b"hello 1\n"  # unprefixed, in its file
+    assert (rank_one / "stderr.log").read_bytes() == b"warn 1\n"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_ranks_filter_and_prefix_template_from_python(tmp_path: Path) -> None:
+    options = {"local_ranks_filter": "0,2", "log_line_prefix_template": TEMPLATE}
+    job = _job(tmp_path, FILTER_JOB, log_dir=str(tmp_path / "logs"), **options)
+    result = run_in_pipes([sys.executable, str(job)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    _check_filtered(result.stdout, result.stderr, tmp_path / "logs")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_ranks_filter_and_prefix_template_from_the_command(tmp_path: Path) -> None:
+    job = _job(tmp_path, FILTER_SCRIPT)
+    argv = icelaunch(
+        "--devices", "cpu:0-2", "--role", "trainer", "--log-dir", str(tmp_path / "logs"),
+        "--local-ranks-filter", "0,2", "--log-line-prefix-template", TEMPLATE, str(job),
+    )  # fmt: skip
+    result = run_in_pipes(argv, ROOT)
+    assert result.returncode == 0, result.stderr
+    _check_filtered(result.stdout, result.stderr, tmp_path / "logs")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_no_prefix_leaves_output_unchanged(tmp_path: Path) -> None:
+    job = _job(tmp_path, FILTER_JOB, local_ranks_filter=[1], log_line_prefix_template="")
+    result = run_in_pipes([sys.executable, str(job)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello 1\n" and result.stderr == b"warn 1\n"
+
+
+FILTER_CASES = [
+    (None, None),
+    ("", None),
+    ("0", (0,)),
+    ("2, 0", (0, 2)),
+    (1, (1,)),
+    ([2, 1], (1, 2)),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), FILTER_CASES)
+def test_ranks_filter_forms(value: object, expected: object) -> None:
+    from icelaunch import ElasticLauncher
+
+    spec = ElasticLauncher("cpu:0-2", local_ranks_filter=value).freeze().spec
+    assert spec.local_ranks_filter == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("3", ValueError, r"invalid local_ranks_filter '3': each entry must be a local rank"),
+        ("0,x", ValueError, r"local rank of this node.s workers, 0-2"),
+        ("-1", ValueError, r"e\.g\. local_ranks_filter='0'"),
+        (True, TypeError, r"local_ranks_filter must be str"),
+        ("", None, ""),
+    ],
+)
+def test_bad_ranks_filter_is_named_at_freeze(
+    value: object, error: type[Exception] | None, message: str
+) -> None:
+    from icelaunch import ElasticLauncher
+
+    launcher = ElasticLauncher("cpu:0-2", local_ranks_filter=value)
+    if error is None:
+        launcher.freeze()
+        return
+    with pytest.raises(error, match=message):
+        launcher.freeze()
+
+
+def test_bad_prefix_template_is_named_at_freeze() -> None:
+    from icelaunch import ElasticLauncher
+
+    with pytest.raises(ValueError, match=r"invalid log_line_prefix_template '\[\$\{worker\}\]'"):
+        ElasticLauncher("cpu:0-1", log_line_prefix_template="[${worker}]").freeze()
+
+
+def test_spec_with_console_options_survives_json() -> None:
+    from icelaunch import ElasticLauncher
+    from icelaunch._spec import spec_from_json, spec_to_json
+
+    spec = ElasticLauncher("cpu:0-2", local_ranks_filter="0,2").freeze().spec
+    assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_torch_log_layout_the_relay_relies_on(tmp_path: Path) -> None:
+    """torch, given Std.NONE, redirects nothing and tails nothing, and makes one folder
+    per attempt and rank (with error.json) in which the relay writes the logs."""
+    from icelaunch._engine._logs import RelayedLogs
+
+    logs = RelayedLogs(str(tmp_path))
+    envs = {r: {"TORCHELASTIC_RUN_ID": "job", "TORCHELASTIC_RESTART_COUNT": "1"} for r in (0, 1)}
+    dest = logs.reify(envs)
+    assert dest.stdouts == dest.stderrs == {0: "", 1: ""}  # "" = the inherited stream
+    assert dest.tee_stdouts == dest.tee_stderrs == {}
+    for rank in (0, 1):
+        folder = logs.rank_dir(1, rank)
+        assert folder is not None and os.path.isdir(folder)
+        assert Path(folder).relative_to(tmp_path).parts[1:] == ("attempt_1", str(rank))
+        assert Path(folder).parent.parent.name.startswith("job_")
+    assert logs.rank_dir(0, 0) is None

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
-from icelaunch._console._text import DEFAULT_TEMPLATE as DEFAULT_PREFIX_TEMPLATE
-from icelaunch._console._text import check_template
+from icelaunch._console._text import DEFAULT_TEMPLATE, check_template
+
+DEFAULT_PREFIX_TEMPLATE = DEFAULT_TEMPLATE
 
 RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
 START_METHODS = ("spawn", "fork", "forkserver")
@@ -263,9 +264,7 @@ def parse_ranks_filter(value: object, nproc: int) -> tuple[int, ...] | None:
     for item in items:
         text = str(item)
         if isinstance(item, bool) or not text.isdigit() or int(text) >= nproc:
-            rule = (
-                f"each entry must be a local rank of this node's {nproc} worker(s), 0-{nproc - 1}"
-            )
+            rule = f"each entry must be a local rank of this node's workers, 0-{nproc - 1}"
             raise _bad("local_ranks_filter", value, rule, example)
         ranks.add(int(text))
     return tuple(sorted(ranks))
