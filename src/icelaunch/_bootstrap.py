@@ -7,6 +7,9 @@ needs a few lines inside every worker adds one call here.
 
 from __future__ import annotations
 
+from icelaunch import _console
+
 
 def bootstrap_common() -> None:
     """Prepare this worker process; safe to call once per process, before user code."""
+    _console.attach()  # fds 1 and 2 become this rank's relayed stdout and stderr
