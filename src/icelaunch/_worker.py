@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -161,6 +162,7 @@ def run(payload: bytes) -> Any:
     job: Job = pickle.loads(payload)
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)

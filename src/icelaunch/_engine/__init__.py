@@ -12,23 +12,22 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
-from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _ports, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup, _stop, _stores
+from icelaunch import _console, _failures, _forkserver, _ports, _worker
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -50,6 +49,7 @@ class _Target:
     args: tuple[Any, ...]
     reports_done: bool
     mark: _stop.JobMark | None = None  # in every worker's environment
+    console: str = ""  # the console relay's address, known to the workers
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -60,14 +60,17 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         KeyboardInterrupt: the launching process got SIGINT.
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    console = _console.new_address()
 
     mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
         notify = done_address(run_dir)
-        job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
-        job = dataclasses.replace(job, env={**job.env, mark.name: mark.value})
-        return _Target(name, _worker.run, (_payload(name, job),), True, mark)
+        env = {**os.environ, _console.ADDRESS_ENV: console, mark.name: mark.value}
+        job = _worker.Job(
+            fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
+        )
+        return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
@@ -104,17 +107,26 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
         WorkerFailedError: workers failed and no restart was left.
     """
     name = " ".join(argv)
+    wrapped = _script_command(argv)
+    console = _console.new_address()
 
     mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
-        return _Target(name, argv[0], tuple(argv[1:]), False, mark)
+        return _Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
         os.environ[mark.name] = mark.value
+        os.environ[_console.ADDRESS_ENV] = console
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
+
+
+def _script_command(argv: list[str]) -> list[str]:
+    """``argv`` run through :mod:`icelaunch._script`, which sets the worker up first
+    and then runs it in the same process."""
+    return [sys.executable, "-u", "-m", "icelaunch._script", *argv]
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
@@ -217,10 +229,8 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
 ) -> dict[int, Any]:
-    only_file, teed = _setup.std_maps(spec)
-    logs = DefaultLogsSpecs(
-        log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
-    )
+    logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
+    relay = _console.Relay(target.console, _logs.routes(spec, logs))
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -235,7 +245,8 @@ def _run_agent(
     )
     shutdown_rdzv = True
     try:
-        result = agent.run()
+        with relay:  # shows the workers' output to its end before the result is used
+            result = agent.run()
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs)
         return dict(sorted(result.return_values.items()))
@@ -248,7 +259,7 @@ def _run_agent(
 
 
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
+    name: str, result: RunResult, run_dir: str, agent: Agent, logs: _logs.RelayedLogs
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
