@@ -14,6 +14,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from icelaunch import _forkserver
 from icelaunch._engine import _procs, _stop
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,11 @@ class Agent(LocalElasticAgent):
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
         self._died, self.exits, self.own_failures = {}, {}, {}
-        started: dict[int, Any] = super()._start_workers(worker_group)
-        self._workers = _procs.workers_of(self._pcontext)
+        if self._start_method == "forkserver":
+            _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
+        with _procs.signals_deferred():  # none is started but unknown to the stop path
+            started: dict[int, Any] = super()._start_workers(worker_group)
+            self._workers = _procs.workers_of(self._pcontext)
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
@@ -180,13 +184,16 @@ class Agent(LocalElasticAgent):
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         """Stop the workers our way, then let torch close its process context.
 
+        Workers get SIGTERM whatever the launcher received (they lead sessions of
+        their own: a Ctrl-C at the terminal reaches the launcher only).
+
         Workers that failed on their own (before the stop, or during it of something
         else than the stop's signals) are kept in :attr:`own_failures`.
         """
         if self._workers:
             self._note_exits()
             died_before = set(self._died)
-            sent = _stop.stop_workers(self._workers, death_sig, mark=self._mark)
+            sent = _stop.stop_workers(self._workers, mark=self._mark)  # SIGTERM first
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(self._worker_group, died_before | on_own)
