@@ -3,6 +3,7 @@ comes, and a caller that ignores SIGINT."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,3 +110,52 @@ def test_a_caller_that_ignores_sigint_keeps_ignoring_it(tmp_path: Path) -> None:
         proc.wait()
     assert proc.returncode == 0, out
     assert "{0: 7, 1: 7}" in out
+
+
+EARLY = """
+import sys, time
+from pathlib import Path
+from icelaunch import ElasticLauncher
+
+def work():
+    return 0
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    Path(sys.argv[1]).write_text("")
+    try:
+        launcher(work)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(130)
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.2, 0.5, 1.0, 2.0])
+def test_ctrl_c_early_in_a_launch_prints_no_traceback(tmp_path: Path, delay_s: float) -> None:
+    """Ctrl-C at the terminal reaches the whole process group: the launcher and the
+    fork server it is starting (importing torch), or workers it is starting."""
+    script = tmp_path / "early.py"
+    script.write_text(textwrap.dedent(EARLY))
+    stamp = tmp_path / "launching"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(stamp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not stamp.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.01)
+        time.sleep(delay_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in out, out
+    assert proc.returncode == 130 or "finished" in out, out
