@@ -159,3 +159,29 @@ def test_ctrl_c_early_in_a_launch_prints_no_traceback(tmp_path: Path, delay_s: f
         proc.wait()
     assert "Traceback" not in out, out
     assert proc.returncode == 130 or "finished" in out, out
+
+
+FORK_SERVER_MASK = """
+import multiprocessing.forkserver
+from icelaunch import _forkserver
+
+_forkserver.warm_up()
+pid = multiprocessing.forkserver._forkserver._forkserver_pid
+with open(f"/proc/{pid}/status") as fh:
+    masks = dict(line.split(":") for line in fh if line.startswith(("SigBlk", "SigIgn")))
+print(int(masks["SigBlk"], 16) | int(masks["SigIgn"], 16))
+"""
+
+
+def test_the_fork_server_never_takes_sigint_while_it_imports_torch() -> None:
+    """Blocked while it starts (then ignored, by multiprocessing): a Ctrl-C at the
+    terminal during start-up gives no traceback from it."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER_MASK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) & (1 << (signal.SIGINT - 1))
