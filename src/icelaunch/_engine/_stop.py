@@ -153,7 +153,7 @@ MARK_ENV = "ICELAUNCH_JOB_MARK"
 def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:
     """Live processes started by ``roots``: their process groups, sessions and children,
     and (with ``mark``) any later process whose environment carries it."""
-    table = _process_table()
+    table = _process_table(_oldest_possible(roots))
     found: set[int] = set()
     for pid, (_, pgid, sid, _) in table.items():
         if pid not in roots and (pgid in roots or sid in roots):
@@ -176,11 +176,24 @@ def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:
     return found
 
 
-def _process_table() -> dict[int, tuple[int, int, int, int]]:
-    """pid -> (ppid, pgid, sid, start time in ticks) of every live process we can see."""
+def _oldest_possible(roots: set[int]) -> int:
+    """The lowest pid a process started by ``roots`` can have: pids grow until they
+    wrap around (then 0: every process is looked at)."""
+    low = min(roots, default=0)
+    try:
+        with open("/proc/sys/kernel/ns_last_pid") as fh:
+            last = int(fh.read())
+    except (OSError, ValueError):
+        return 0
+    return low if last >= low else 0
+
+
+def _process_table(min_pid: int = 0) -> dict[int, tuple[int, int, int, int]]:
+    """pid -> (ppid, pgid, sid, start time in ticks) of every live process we can see
+    (from ``min_pid`` on)."""
     table: dict[int, tuple[int, int, int, int]] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if not name.isdigit() or int(name) < min_pid:
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
