@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 _RESULT_SPIN_S = 0.002
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
+_SETTLE_S = 0.5  # after a failure, before the others are stopped
 
 
 class DoneListener:
@@ -179,9 +180,15 @@ class Agent(LocalElasticAgent):
         return failures
 
     def _stop_workers(self, worker_group: WorkerGroup) -> None:
-        self._shutdown()
+        """After a failure (also before its restart) the others may first settle briefly."""
+        failed = worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY)
+        self._stop(signal.SIGTERM, _SETTLE_S if failed else 0.0)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+        """The end of a run, or a signal to the launcher: stop at once."""
+        self._stop(death_sig, 0.0)
+
+    def _stop(self, death_sig: signal.Signals, settle_s: float) -> None:
         """Stop the workers our way, then let torch close its process context.
 
         Workers get SIGTERM whatever the launcher received (they lead sessions of
@@ -193,14 +200,14 @@ class Agent(LocalElasticAgent):
         if self._workers:
             self._note_exits()
             died_before = set(self._died)
-            sent = _stop.stop_workers(self._workers, mark=self._mark)  # SIGTERM first
+            sent = _stop.stop_workers(self._workers, mark=self._mark, settle_s=settle_s)
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(self._worker_group, died_before | on_own)
             for w in self._workers:
                 w.close()
             self._workers = []
-        super()._shutdown(death_sig, timeout=0)
+        super()._shutdown(death_sig, timeout=0)  # workers are gone: torch only closes
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):

@@ -41,6 +41,7 @@ def stop_workers(
     first_signal: int = signal.SIGTERM,
     grace_s: float = GRACE_S,
     mark: JobMark | None = None,
+    settle_s: float = 0.0,
 ) -> set[int]:
     """Stop ``workers`` and every process they started; return when all are gone (bounded).
 
@@ -55,12 +56,17 @@ def stop_workers(
             the launcher received).
         grace_s: how long the processes get to exit before SIGKILL.
         mark: the launch's environment mark, to find processes that escaped.
+        settle_s: how long workers may first end on their own (after a failure, a
+            peer failing at the same moment finishes its report instead of being
+            stopped half-way).
 
     Returns:
         The signals sent to running workers (empty if none was running): a worker
         whose status is another one ended on its own, not by this stop.
     """
     leaders = {w.pid for w in workers}
+    if settle_s > 0:
+        _wait_gone([w for w in workers if not w.dead()], (), settle_s)
     running = [w for w in workers if not w.dead()]
     targets = leaders | descendants(leaders, mark)
     if not running and len(targets) == len(leaders):
