@@ -276,8 +276,6 @@ def test_terminal_view_helper() -> None:
     assert _terminal_view(b"\r[r]: 1\r[r]: 2\nx") == [b"[r]: 2", b"x"]
 
 
-
-
 FLOOD_JOB = """
 import sys
 from icelaunch import ElasticLauncher
