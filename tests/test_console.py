@@ -126,6 +126,33 @@ def test_an_open_line_yields_after_hold_and_resumes_with_its_prefix() -> None:
     assert b"".join(shown) == b"\r[0]  10%\n[1] epoch 1\n\r[0]  20%\n"
 
 
+def test_a_long_line_keeps_the_screen_while_the_relay_is_slow() -> None:
+    """A starved relay reads the rest of a line late: it still completes the line."""
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"first half", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.001)
+    screen.feed(a, b" second half\n", 1.0)  # read long after HOLD_S
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] first half second half\n[1] other\n"
+
+
+def test_an_open_line_with_bytes_still_to_read_is_not_broken() -> None:
+    shown: list[bytes] = []
+    more = [True]
+    screen = Screen()
+    a = Source(b"[0] ", shown.append, lambda: more[0])
+    b = Source(b"[1] ", shown.append)
+    screen.feed(a, b"writing", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.0)
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing"
+    more[0] = False
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing\n[1] other\n"
+
+
 def test_a_stale_partial_line_is_shown_while_others_wait() -> None:
     screen, (a, b), shown = _screen_with(2)
     screen.feed(a, b"no newline yet", 0.0)
