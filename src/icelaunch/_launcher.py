@@ -60,6 +60,9 @@ class ElasticLauncher(Configurable):
         omp_num_threads: int = 1,
         *,
         warm_start: bool = True,
+        timeout: float | None = None,
+        hang_timeout: float | None = None,
+        collective_timeout: float | None = None,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -71,6 +74,14 @@ class ElasticLauncher(Configurable):
                 ran your program's code or touched CUDA: spawn's guarantees,
                 without one interpreter start and torch import per worker.
                 ``False`` starts every worker as a fresh interpreter.
+            timeout: seconds for the whole call; when they pass, the ranks' stacks
+                are taken, the workers stopped and ``LaunchTimeoutError`` raised.
+            hang_timeout: seconds without any rank's Python stack changing (sampled
+                while the job runs) after which the job is judged hung and handled
+                as for ``timeout``.
+            collective_timeout: seconds a collective may wait for its peers before it
+                raises in the ranks (``init_process_group(timeout=...)``, gloo and
+                nccl); None keeps torch's default (10 min for nccl, 30 min for gloo).
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

@@ -56,6 +56,9 @@ class LaunchSpec:
     master_port: int | None
     omp_num_threads: int
     warm_start: bool = True
+    timeout: float | None = None
+    hang_timeout: float | None = None
+    collective_timeout: float | None = None
 
     @property
     def nproc_per_node(self) -> int:
@@ -163,6 +166,17 @@ def _interval(value: object) -> float:
     return seconds
 
 
+def _seconds(name: str, value: object, example: str) -> float | None:
+    """A time limit: None (no limit) or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    _require_type(name, value, (int, float), example)
+    seconds = float(cast(float, value))
+    if not 0 < seconds < float("inf"):
+        raise _bad(name, value, "must be a positive number of seconds or None", example)
+    return seconds
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -228,6 +242,9 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         master_port=_port(a["master_port"]),
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
+        timeout=_seconds("timeout", a.get("timeout"), "3600"),
+        hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
+        collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
     )
     _check_rendezvous(spec)
     return spec

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import os
 import pickle
 import select
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icelaunch import _diagnosis
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -51,6 +53,7 @@ class WorkerContext:
     rdzv_id: str
     device_name: str
     dist_backend: str
+    collective_timeout: float | None = None
 
     @property
     def assigned_device(self) -> torch.device:
@@ -80,6 +83,7 @@ class WorkerContext:
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
             device_name=spec.devices[local_rank],
             dist_backend=spec.dist_backend,
+            collective_timeout=spec.collective_timeout,
         )
 
 
@@ -163,6 +167,7 @@ def run(payload: bytes) -> Any:
     _take_parent_environment(job.env)
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
+    _diagnosis.setup_worker(job.report_dir, ctx.restart_count, ctx.local_rank, ctx.rank)
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
     _notify_done(job.notify_path, ctx)
@@ -311,6 +316,8 @@ def _init_process_group(ctx: WorkerContext) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
+    if ctx.collective_timeout is not None:
+        options["timeout"] = datetime.timedelta(seconds=ctx.collective_timeout)
     dist.init_process_group(
         backend=ctx.dist_backend,
         store=_attempt_store(ctx),

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _failures, _forkserver, _ports, _worker
+from icelaunch._diagnosis import _code, _files, _report
 from icelaunch._engine import _hygiene, _rendezvous, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
@@ -69,7 +69,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
 def _payload(name: str, job: _worker.Job) -> bytes:
     """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
     try:
-        data: bytes = cloudpickle.dumps(job)
+        data: bytes = _code.dumps(job)  # cloudpickle, keeping the real file of by-value code
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
@@ -91,6 +91,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     name = " ".join(argv)
 
     def target(run_dir: str) -> _Target:
+        os.environ[_files.RUN_DIR_ENV] = run_dir  # where the scripts leave their stacks
         return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
@@ -200,8 +201,11 @@ def _run_agent(
     logs = DefaultLogsSpecs(
         log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
     )
+    watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
+        watch=watch,
+        run_dir=run_dir,
         poll_interval=spec.monitor_interval,
         reports_done=target.reports_done,
         spec=worker_spec,
@@ -216,8 +220,11 @@ def _run_agent(
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs)
         return dict(sorted(result.return_values.items()))
+    except _report.Stopped as stop:
+        raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
     except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
+        _report.print_interrupted(watch)
         raise
     finally:
         if shutdown_rdzv:
@@ -228,7 +235,9 @@ def _failed(
     name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
-    return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
+    return _report.failed_error(
+        name, result.failures, run_dir, agent.attempt, stderr_files, agent.watch
+    )
 
 
 def _stderr_files(root: str, attempt: int) -> dict[int, str]:

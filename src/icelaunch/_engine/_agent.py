@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -13,6 +15,10 @@ from typing import Any
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+from icelaunch._diagnosis._watch import Watch
+
+logger = logging.getLogger(__name__)
 
 _RESULT_SPIN_S = 0.002
 
@@ -110,6 +116,8 @@ class Agent(LocalElasticAgent):
         listener: DoneListener,
         poll_interval: float,
         reports_done: bool,
+        watch: Watch | None = None,
+        run_dir: str = "",
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -117,21 +125,34 @@ class Agent(LocalElasticAgent):
         poll_interval: longest wait between two looks at the workers.
         reports_done: workers announce their return (function entrypoints); a
             worker that exits without announcing has failed. Commands just exit.
+        watch: time limits and stacks at every stop (icelaunch._diagnosis).
+        run_dir: the launch attempt's run folder, where ranks leave their stacks.
         """
         super().__init__(**kwargs)
         self._listener = listener
         self._poll_interval = poll_interval
         self._reports_done = reports_done
         self._seen_exited: set[int] = set()
+        self._watch = watch
+        self._run_dir = run_dir
+        self._restarting = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
+        if self._watch is not None:
+            self._watch.new_attempt()
         started: dict[int, Any] = super()._start_workers(worker_group)
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         pids = {w.local_rank: w.id for w in worker_group.workers if w.id is not None}
-        self._listener.wait(pids, self._poll_interval)
+        bound = self._poll_interval
+        if self._watch is not None:
+            bound = self._watch.wait_bound(bound)
+        self._listener.wait(pids, bound)
+        if self._watch is not None:
+            running = self._running(worker_group)
+            self._watch.check(self._run_dir, self.attempt, running)
         # silent exits are looked for before torch's poll reaps the processes
         silent = self._silent_exits(worker_group) if self._reports_done else {}
         result: RunResult = super()._monitor_workers(worker_group)
@@ -165,6 +186,47 @@ class Agent(LocalElasticAgent):
             )
             failures[w.global_rank] = failure
         return failures
+
+    def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
+        """Global rank -> pid of the workers that have neither returned nor exited."""
+        return {
+            w.global_rank: w.id
+            for w in worker_group.workers
+            if w.id is not None
+            and w.local_rank not in self._listener.done
+            and not exit_status(w.id)[0]
+        }
+
+    def _restart_workers(self, worker_group: WorkerGroup) -> None:
+        self._restarting = True
+        try:
+            super()._restart_workers(worker_group)
+        finally:
+            self._restarting = False
+
+    def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+        """Take the stacks of the ranks still running, then stop them as torch does."""
+        self._take_stacks()
+        super()._shutdown(death_sig, timeout)
+
+    def _take_stacks(self) -> None:
+        group = self._worker_group
+        if self._watch is None or self._pcontext is None or group.state == WorkerState.SUCCEEDED:
+            return
+        running = sorted(self._running(group))
+        if not running:
+            return
+        self._watch.at_stop(self._run_dir, self.attempt, running, self._listener.done)
+        if self._restarting:
+            logger.warning(
+                "restarting the workers; where the running ranks were:\n%s",
+                self._watch.grouped(),
+            )
+
+    @property
+    def watch(self) -> Watch | None:
+        """Time limits, memory and the stacks of the last stop."""
+        return self._watch
 
     @property
     def attempt(self) -> int:
