@@ -135,7 +135,6 @@ class Agent(LocalElasticAgent):
         self._seen_exited: set[int] = set()
         self._watch = watch
         self._run_dir = run_dir
-        self._restarting = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
@@ -153,6 +152,8 @@ class Agent(LocalElasticAgent):
         if self._watch is not None:
             running = self._running(worker_group)
             self._watch.check(self._run_dir, self.attempt, running)
+            if self._a_rank_failed(worker_group, running):
+                self._take_stacks()  # torch's poll stops the other ranks at once
         # silent exits are looked for before torch's poll reaps the processes
         silent = self._silent_exits(worker_group) if self._reports_done else {}
         result: RunResult = super()._monitor_workers(worker_group)
@@ -197,12 +198,23 @@ class Agent(LocalElasticAgent):
             and not exit_status(w.id)[0]
         }
 
+    def _a_rank_failed(self, worker_group: WorkerGroup, running: dict[int, int]) -> bool:
+        """Whether a worker ended without success (so the others are about to be stopped)."""
+        for w in worker_group.workers:
+            if w.id is None or w.global_rank in running or w.local_rank in self._listener.done:
+                continue
+            if self._reports_done or exit_status(w.id)[1] != 0:
+                return True
+        return False
+
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
-        self._restarting = True
-        try:
-            super()._restart_workers(worker_group)
-        finally:
-            self._restarting = False
+        self._take_stacks()
+        if self._watch is not None and self._watch.dumps:
+            logger.warning(
+                "restarting the workers; where the running ranks were:\n%s",
+                self._watch.grouped(),
+            )
+        super()._restart_workers(worker_group)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         """Take the stacks of the ranks still running, then stop them as torch does."""
@@ -213,15 +225,12 @@ class Agent(LocalElasticAgent):
         group = self._worker_group
         if self._watch is None or self._pcontext is None or group.state == WorkerState.SUCCEEDED:
             return
+        if self._watch.taken:
+            return
         running = sorted(self._running(group))
         if not running:
             return
         self._watch.at_stop(self._run_dir, self.attempt, running, self._listener.done)
-        if self._restarting:
-            logger.warning(
-                "restarting the workers; where the running ranks were:\n%s",
-                self._watch.grouped(),
-            )
 
     @property
     def watch(self) -> Watch | None:
