@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icelaunch import _diagnosis
+from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -165,9 +166,10 @@ def run(payload: bytes) -> Any:
     job: Job = pickle.loads(payload)
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
+    bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
-    _diagnosis.setup_worker(job.report_dir, ctx.restart_count, ctx.local_rank, ctx.rank)
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
     _notify_done(job.notify_path, ctx)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -89,15 +90,22 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
         WorkerFailedError: workers failed and no restart was left.
     """
     name = " ".join(argv)
+    wrapped = _script_command(argv)
 
     def target(run_dir: str) -> _Target:
         os.environ[_files.RUN_DIR_ENV] = run_dir  # where the scripts leave their stacks
-        return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
+        return _Target(name, wrapped[0], tuple(wrapped[1:]), reports_done=False)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
+
+
+def _script_command(argv: list[str]) -> list[str]:
+    """``argv`` run through :mod:`icelaunch._script`, which sets the worker up first
+    and then runs it in the same process."""
+    return [sys.executable, "-u", "-m", "icelaunch._script", *argv]
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
