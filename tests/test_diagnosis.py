@@ -7,6 +7,7 @@ seen by the conftest check, which skips multiprocessing's helpers).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -390,3 +391,206 @@ def test_dump_is_parsed_trimmed_and_marked() -> None:
 def test_time_limits_are_validated_at_freeze(name: str, value: object, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(")):
         ElasticLauncher("cpu", **{name: value}).freeze()
+
+
+# ---- scripts run by the `icelaunch` command ---------------------------------------
+
+HUNG_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import torch, torch.distributed as dist
+import icelaunch
+
+def stuck_in_a_script():
+    time.sleep(600)
+
+ctx = icelaunch.init_process_group()
+Path(sys.argv[1], f"{ctx.rank}.pid").write_text(str(os.getpid()))
+if ctx.rank == 1:
+    stuck_in_a_script()
+dist.all_reduce(torch.ones(1))
+"""
+
+CRASH_SCRIPT = """
+import ctypes, time
+import torch.distributed as dist
+import icelaunch
+
+def crash_in_a_script():
+    ctypes.string_at(0)
+
+ctx = icelaunch.init_process_group()
+dist.barrier()
+if ctx.rank == 1:
+    crash_in_a_script()
+time.sleep(600)
+"""
+
+
+def _command(tmp_path: Path, source: str, *options: str) -> tuple[list[str], Path]:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(source))
+    folder = tmp_path / "ranks"
+    folder.mkdir()
+    argv = [sys.executable, "-m", "icelaunch", "--devices", "cpu:0-1", *options, str(script)]
+    return [*argv, str(folder)], folder
+
+
+def test_script_stacks_on_demand_then_ctrl_c_shows_them(tmp_path: Path) -> None:
+    argv, folder = _command(tmp_path, HUNG_SCRIPT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(folder, 2, proc)
+        time.sleep(0.5)  # into the calls
+        shown = _icelaunch("stacks", str(proc.pid))
+        assert "rank 1: time.sleep(600)  (job.py:8 in stuck_in_a_script)" in shown.stdout
+        assert "rank 0: dist.all_reduce(torch.ones(1))  (job.py:14 in <module>)" in shown.stdout
+        assert "_script.py" not in shown.stdout and "runpy" not in shown.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert_all_gone(_pids(folder))
+    assert proc.returncode == 130, out
+    assert "where the running ranks were:" in out
+    assert "rank 1: time.sleep(600)  (job.py:8 in stuck_in_a_script)" in out
+
+
+def test_script_segfault_reports_the_python_stack_at_the_crash(tmp_path: Path) -> None:
+    argv, _ = _command(tmp_path, CRASH_SCRIPT)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 128 + signal.SIGSEGV, result.stderr
+    assert "rank 1 (local rank 1, signal SIGSEGV)" in result.stderr
+    assert "Fatal Python error: Segmentation fault" in result.stderr
+    script = str(tmp_path / "job.py")
+    assert f'> File "{script}", line 7, in crash_in_a_script' in result.stderr
+    # rank 0 was stopped while it slept: its stack is in the report
+    assert "rank 0: time.sleep(600)  (job.py:13 in <module>)" in result.stderr
+
+
+# ---- out of memory, in a real memory cgroup ----------------------------------------
+
+OOM_DRIVER = """
+import os, sys, time
+from pathlib import Path
+from icelaunch import ElasticLauncher, WorkerFailedError
+
+def eat_memory(launcher, folder):
+    Path(folder, f"{launcher.rank}.pid").write_text(str(os.getpid()))
+    if launcher.rank == 1:
+        hoard = []
+        while True:
+            hoard.append(bytearray(b"x" * (32 << 20)))  # touched, so really resident
+    time.sleep(600)
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    try:
+        launcher(eat_memory, launcher, sys.argv[1])
+    except WorkerFailedError as err:
+        print("DETAIL", err.details[1].signal_name, err.details[1].message, flush=True)
+        print(err, flush=True)
+"""
+
+OOM_LIMIT_BYTES = 1536 << 20
+
+
+def _mount(fstype: str, option: str = "") -> str | None:
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if fields[0] == fstype and (not option or option in fields[2].split(",")):
+                return left.split()[4]
+    return None
+
+
+def _make_memory_cgroup(limit: int) -> tuple[Path, str]:
+    """A child memory cgroup limited to ``limit`` bytes (v2, else v1), and the procs file."""
+    name = f"icelaunch-test-{os.getpid()}"
+    v2 = _mount("cgroup2")
+    if v2 and "memory" in Path(v2, "cgroup.subtree_control").read_text().split():
+        path = Path(v2, name)
+        path.mkdir()
+        Path(path, "memory.max").write_text(str(limit))
+        if Path(path, "memory.swap.max").exists():
+            Path(path, "memory.swap.max").write_text("0")
+        return path, "cgroup.procs"
+    v1 = _mount("cgroup", "memory")
+    if v1 is None:
+        raise OSError("no memory cgroup controller mounted")
+    own = next(
+        line.split(":", 2)[2].strip()
+        for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if "memory" in line.split(":")[1].split(",")
+    )
+    path = Path(v1 + own, name)
+    path.mkdir()
+    Path(path, "memory.limit_in_bytes").write_text(str(limit))
+    if Path(path, "memory.memsw.limit_in_bytes").exists():
+        Path(path, "memory.memsw.limit_in_bytes").write_text(str(limit))
+    return path, "cgroup.procs"
+
+
+def _remove_cgroup(path: Path, procs: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = Path(path, procs).read_text().split()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"cgroup {path} could not be removed")
+
+
+def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
+    try:
+        cgroup, procs = _make_memory_cgroup(OOM_LIMIT_BYTES)
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    try:
+        script = tmp_path / "driver.py"
+        script.write_text(textwrap.dedent(OOM_DRIVER))
+        folder = tmp_path / "ranks"
+        folder.mkdir()
+        join = str(Path(cgroup, procs))
+
+        def enter_cgroup() -> None:
+            with open(join, "w") as fh:
+                fh.write(str(os.getpid()))
+
+        result = subprocess.run(
+            [sys.executable, str(script), str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            preexec_fn=enter_cgroup,
+        )
+        assert_all_gone(_pids(folder))
+    finally:
+        _remove_cgroup(cgroup, procs)
+    detail = next(line for line in result.stdout.splitlines() if line.startswith("DETAIL"))
+    assert detail.startswith("DETAIL SIGKILL killed by the kernel's out-of-memory killer"), (
+        result.stdout + result.stderr
+    )
+    assert "oom_kill 0 -> 1" in detail
+    peak = int(detail.split("its peak memory as sampled by the launcher: ")[1].split()[0])
+    assert 256 <= peak <= OOM_LIMIT_BYTES >> 20
+
+
+def test_a_plain_sigkill_stays_a_sigkill() -> None:
+    launcher = ElasticLauncher("cpu:0-1").freeze()
+    with pytest.raises(WorkerFailedError) as info:
+        launcher(killed_by_sigkill, launcher)
+    detail = info.value.details[1]
+    assert detail.signal_name == "SIGKILL"
+    assert "out-of-memory" not in str(info.value)
+
+
+def killed_by_sigkill(launcher: ElasticLauncher) -> None:
+    if launcher.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(600)

@@ -26,6 +26,7 @@ _MACHINERY_PARTS = (
     os.sep + "threading.py",
 )
 _MACHINERY_NAMES = ("<frozen runpy>",)
+_INNER_FRAMES = 8  # library frames shown inside the innermost user frame
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,22 @@ def _focus(thread: Thread) -> int:
 
 
 def render_threads(threads: list[Thread], indent: str = "  ") -> str:
-    """Threads as text, most recent call last, the innermost user frame marked ``>``."""
+    """Threads as text, most recent call last, the innermost user frame marked ``>``.
+
+    Import machinery frames are left out (as Python's tracebacks do), and of the
+    library frames inside the marked one only the first few are shown.
+    """
     lines: list[str] = []
     for number, thread in enumerate(threads):
         if len(threads) > 1:
             lines.append(f"{indent}thread {number + 1} of {len(threads)}:")
         focus = _focus(thread)
         for index, frame in enumerate(thread):
+            if frame.file.startswith("<frozen importlib"):
+                continue
+            if index > focus + _INNER_FRAMES:
+                lines.append(f"{indent}  ... {len(thread) - index} more frame(s) inside")
+                break
             mark = "> " if index == focus else "  "
             lines.append(
                 f'{indent}{mark}File "{frame.file}", line {frame.line}, in {frame.function}'

@@ -38,7 +38,7 @@ class Watch:
             else min(max(hang_timeout / 4, _MIN_HANG_SAMPLE_S), _MAX_HANG_SAMPLE_S)
         )
         self._next_sample = time.monotonic()
-        self._last_keys: dict[int, str] = {}
+        self._last_keys: dict[int, tuple[_format.Thread, ...]] = {}
         self._last_change = time.monotonic()
         self.memory = MemoryWatch()
         #: raw dumps of the ranks at the last stop, by global rank
@@ -80,9 +80,8 @@ class Watch:
         self._sample_hang(run_dir, attempt, now)
 
     def _sample_hang(self, run_dir: str, attempt: int, now: float) -> None:
-        keys = {
-            rank: _format.stack_text(dump) for rank, dump in _collect.take(run_dir, attempt).items()
-        }
+        dumps = _collect.take(run_dir, attempt)
+        keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
         self._next_sample = time.monotonic() + (self._hang_every or 0)
         if keys != self._last_keys or not keys:
             self._last_keys, self._last_change = keys, now
