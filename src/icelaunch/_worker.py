@@ -209,9 +209,12 @@ def _tie_to_parent(job: Job) -> None:
 
     Forked workers also inherit the launcher's Python signal handlers, which
     would turn SIGTERM into an exception that a rank blocked in C++ never sees.
+    Each worker leads a session of its own, as torch's command workers do.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

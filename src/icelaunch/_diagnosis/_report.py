@@ -30,10 +30,11 @@ def failed_error(
     run_dir: str,
     attempt: int,
     stderr_files: dict[int, str],
+    exits: dict[int, tuple[int, float]],
     watch: Watch | None,
 ) -> _failures.WorkerFailedError:
     """torch's failures and the workers' reports, with stacks, crash stacks and OOM causes."""
-    err = _failures.build_error(name, failures, run_dir, attempt, stderr_files)
+    err = _failures.build_error(name, failures, run_dir, attempt, stderr_files, exits)
     details = {
         rank: _explained(detail, run_dir, attempt, watch) for rank, detail in err.details.items()
     }

@@ -45,12 +45,10 @@ class Watch:
         self.dumps: dict[int, str] = {}
         #: the ranks that were running at the last stop
         self.running: list[int] = []
-        #: the stacks of this attempt's stop are taken
-        self.taken = False
 
     def new_attempt(self) -> None:
         """Workers (re)start: forget the previous attempt's stacks and hang clock."""
-        self.dumps, self.running, self.taken = {}, [], False
+        self.dumps, self.running = {}, []
         self._last_keys, self._last_change = {}, time.monotonic()
 
     def wait_bound(self, poll: float) -> float:
@@ -99,7 +97,7 @@ class Watch:
         self, run_dir: str, attempt: int, running: list[int], skip_local_ranks: Collection[int]
     ) -> None:
         """Take the stacks of the ranks about to be stopped (bounded to about 1 s)."""
-        self.running, self.taken = running, True
+        self.running = running
         self.dumps = _collect.take(run_dir, attempt, skip_local_ranks)
 
     @property
