@@ -269,6 +269,10 @@ def trains_until_told(launcher, folder):
             return steps
         time.sleep(0.002)
 
+def raises_in_main(launcher, folder):
+    Path(folder, f"{launcher.rank}.pid").write_text(str(os.getpid()))
+    raise ValueError(f"rank {launcher.rank} raised")
+
 if __name__ == "__main__":
     fn = globals()[sys.argv[1]]
     launcher = ElasticLauncher("cpu:0-2").freeze()
@@ -311,6 +315,17 @@ def test_ctrl_c_prints_the_grouped_stacks_before_keyboard_interrupt(tmp_path: Pa
     assert "rank 1: time.sleep(600)  (driver.py:10 in waits_for_rank_one)" in out
     assert "ranks 0,2: dist.all_reduce(torch.ones(1))  (driver.py:11 in" in out
     assert "<dynamic-code>" not in out
+
+
+def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER))
+    argv = [sys.executable, str(script), "raises_in_main", str(tmp_path)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
+    assert_all_gone(_pids(tmp_path))
+    assert f'File "{script}", line 26, in raises_in_main' in out
+    assert "<dynamic-code>" not in out
+    assert "_worker.py" not in out  # icelaunch's bootstrap frames are left out
 
 
 def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -594,3 +609,26 @@ def killed_by_sigkill(launcher: ElasticLauncher) -> None:
     if launcher.rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(600)
+
+
+def fails_once(launcher: ElasticLauncher, folder: str) -> int:
+    if launcher.restart_count == 0:
+        _here(folder, launcher.rank)
+        if launcher.rank == 1:
+            _wait_for(Path(folder), 2)
+            time.sleep(0.5)
+            raise ValueError("first attempt fails")
+        stuck_in_sleep()
+    return int(launcher.rank)
+
+
+def test_a_restart_logs_where_the_running_ranks_were(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # two restarts: gloo's set-up sometimes fails once (pytorch#53270)
+    launcher = ElasticLauncher("cpu:0-1", max_restarts=2).freeze()
+    with caplog.at_level("WARNING", logger="icelaunch._engine._agent"):
+        assert launcher(fails_once, launcher, str(tmp_path)) == {0: 0, 1: 1}
+    assert_all_gone(_pids(tmp_path))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "where the running ranks were:\nrank 0: time.sleep(600)" in logged

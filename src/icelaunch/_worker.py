@@ -190,6 +190,7 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
         _write_report(job, ctx, exc)
         _exit_now(exc.code if isinstance(exc.code, int) else 1)
     except BaseException as exc:
+        _diagnosis.without_bootstrap_frames(exc)
         _write_report(job, ctx, exc)
         traceback.print_exception(exc)
         _exit_now(1)

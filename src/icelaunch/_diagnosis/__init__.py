@@ -21,6 +21,17 @@ temp directory, which is how ``icelaunch stacks`` finds running launches.
 from __future__ import annotations
 
 from icelaunch._diagnosis._files import RUN_DIR_ENV
-from icelaunch._diagnosis._worker_side import STACK_SIGNAL, setup_worker, setup_worker_from_env
+from icelaunch._diagnosis._worker_side import (
+    STACK_SIGNAL,
+    setup_worker,
+    setup_worker_from_env,
+    without_bootstrap_frames,
+)
 
-__all__ = ["RUN_DIR_ENV", "STACK_SIGNAL", "setup_worker", "setup_worker_from_env"]
+__all__ = [
+    "RUN_DIR_ENV",
+    "STACK_SIGNAL",
+    "setup_worker",
+    "setup_worker_from_env",
+    "without_bootstrap_frames",
+]

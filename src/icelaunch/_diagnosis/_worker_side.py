@@ -16,6 +16,7 @@ from typing import IO
 from icelaunch._diagnosis import _files
 
 STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _open_files: list[IO[str]] = []  # faulthandler writes to their descriptors until exit
 
 
@@ -55,3 +56,20 @@ def setup_worker_from_env() -> None:
         int(os.environ["LOCAL_RANK"]),
         int(os.environ.get("RANK", os.environ["LOCAL_RANK"])),
     )
+
+
+def without_bootstrap_frames(exc: BaseException) -> None:
+    """Drop icelaunch's own frames from the outer end of ``exc``'s traceback.
+
+    Only when user code follows them: an error inside icelaunch keeps them all.
+    """
+    from icelaunch._diagnosis._format import Frame, is_library
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    if tb is None or tb is exc.__traceback__:
+        return
+    code = tb.tb_frame.f_code
+    if not is_library(Frame(code.co_filename, tb.tb_lineno, code.co_name)):
+        exc.__traceback__ = tb
