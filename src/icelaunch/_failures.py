@@ -56,6 +56,7 @@ class WorkerFailedError(ChildFailedError):
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
         restarts: int = 0,
     ) -> None:
         self.details = dict(sorted(details.items(), key=_failure_order))
@@ -64,6 +65,10 @@ class WorkerFailedError(ChildFailedError):
         self.before_user_code = before_user_code
         #: how many restarts were used up before this last, failed attempt
         self.restarts = restarts
+        #: global rank -> Python stack (all threads) of each rank still running when
+        #: icelaunch stopped it, taken just before
+        self.stacks = dict(stacks or {})
+        self._grouped = _diagnosis_view(self.stacks)
         super().__init__(name, failures)
 
     @property
@@ -99,8 +104,12 @@ class WorkerFailedError(ChildFailedError):
                 lines.append(d.traceback.rstrip())
             elif d.stderr_tail:
                 lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
+            elif d.rank in self.stacks:
+                lines.append("(stopped by icelaunch while running: its stack is below)")
             else:
                 lines.append(_NO_TRACEBACK)
+        if self._grouped:
+            lines.append(f"\nwhere the running ranks were when they were stopped:\n{self._grouped}")
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
@@ -110,9 +119,50 @@ class WorkerFailedError(ChildFailedError):
             self.details,
             self.exceptions,
             self.before_user_code,
+            self.stacks,
             self.restarts,
         )
         return (type(self), args)
+
+
+class LaunchTimeoutError(WorkerFailedError, TimeoutError):
+    """The launch passed its ``timeout``, or was judged hung (``hang_timeout``).
+
+    The message says which and why, with the grouped stacks of the ranks;
+    ``stacks`` holds each rank's stack, ``reason`` is ``"timeout"`` or ``"hang"``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failures: dict[int, ProcessFailure],
+        details: dict[int, RankFailure],
+        exceptions: dict[int, BaseException],
+        before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
+        reason: str = "timeout",
+        why: str = "",
+    ) -> None:
+        self.reason = reason
+        self.why = why
+        super().__init__(name, failures, details, exceptions, before_user_code, stacks)
+
+    def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
+        """Why the launch was stopped, then where every rank was."""
+        lines = [f"{self.name} was stopped: {self.why}; all of its workers were stopped."]
+        lines.append(f"where the ranks were:\n{self._grouped or '(no rank answered)'}")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> Any:
+        reduced = super().__reduce__()
+        return (type(self), (*reduced[1], self.reason, self.why))
+
+
+def _diagnosis_view(stacks: dict[int, str]) -> str:
+    """The grouped view of ``stacks`` (stack text by rank), ranks with one stack shown once."""
+    from icelaunch._diagnosis import _format
+
+    return _format.group_texts(stacks)
 
 
 def _failure_order(item: tuple[int, RankFailure]) -> tuple[bool, float, int]:

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import os
 import pickle
 import select
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icelaunch import _diagnosis
 from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
@@ -52,6 +54,7 @@ class WorkerContext:
     rdzv_id: str
     device_name: str
     dist_backend: str
+    collective_timeout: float | None = None
 
     @property
     def assigned_device(self) -> torch.device:
@@ -81,6 +84,7 @@ class WorkerContext:
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
             device_name=spec.devices[local_rank],
             dist_backend=spec.dist_backend,
+            collective_timeout=spec.collective_timeout,
         )
 
 
@@ -162,6 +166,7 @@ def run(payload: bytes) -> Any:
     job: Job = pickle.loads(payload)
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
     bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
@@ -185,6 +190,7 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
         _write_report(job, ctx, exc)
         _exit_now(exc.code if isinstance(exc.code, int) else 1)
     except BaseException as exc:
+        _diagnosis.without_bootstrap_frames(exc)
         _write_report(job, ctx, exc)
         traceback.print_exception(exc)
         _exit_now(1)
@@ -316,6 +322,8 @@ def _init_process_group(ctx: WorkerContext) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
+    if ctx.collective_timeout is not None:
+        options["timeout"] = datetime.timedelta(seconds=ctx.collective_timeout)
     dist.init_process_group(
         backend=ctx.dist_backend,
         store=_attempt_store(ctx),

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _console, _failures, _forkserver, _ports, _worker
+from icelaunch._diagnosis import _code, _files, _report
 from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
@@ -87,7 +87,7 @@ def done_address(run_dir: str) -> str:
 def _payload(name: str, job: _worker.Job) -> bytes:
     """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
     try:
-        data: bytes = cloudpickle.dumps(job)
+        data: bytes = _code.dumps(job)  # cloudpickle, keeping the real file of by-value code
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
@@ -113,6 +113,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
+        os.environ[_files.RUN_DIR_ENV] = run_dir  # where the scripts leave their stacks
         return _Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
@@ -231,6 +232,7 @@ def _run_agent(
 ) -> dict[int, Any]:
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
     relay = _console.Relay(target.console, _logs.routes(spec, logs))
+    watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -240,6 +242,8 @@ def _run_agent(
         start_method=_forkserver.torch_start_method(spec),
         describe=functools.partial(_failures.describe, run_dir),
         mark=target.mark,
+        watch=watch,
+        run_dir=run_dir,
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -250,8 +254,11 @@ def _run_agent(
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs)
         return dict(sorted(result.return_values.items()))
+    except _report.Stopped as stop:
+        raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
     except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
+        _report.print_interrupted(watch)
         raise
     finally:
         if shutdown_rdzv:
@@ -263,8 +270,15 @@ def _failed(
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
-    return _failures.build_error(
-        name, failures, run_dir, agent.attempt, stderr_files, agent.exits, agent.restarts_used
+    return _report.failed_error(
+        name,
+        failures,
+        run_dir,
+        agent.attempt,
+        stderr_files,
+        agent.exits,
+        agent.watch,
+        agent.restarts_used,
     )
 
 
