@@ -14,10 +14,17 @@ from icelaunch._worker import report_path, started_path
 
 _STDERR_TAIL_LINES = 20
 _NO_TRACEBACK = (
+    "(no traceback: the process ended without a Python exception; its own output, above, says why)"
+)
+_NO_TRACEBACK_REIMPORT = (
     "(no traceback from the launched function: the process ended before it could "
     "start or without raising; its own output, above, says why. A script that "
     'launches must do so under `if __name__ == "__main__":`, since workers '
     "import it again)"
+)
+_STOPPED = (
+    "(no traceback: the process was stopped with SIGTERM, by the launcher once another "
+    "worker had failed, or from outside, e.g. by a scheduler or `kill`)"
 )
 
 
@@ -34,6 +41,7 @@ class RankFailure:
     traceback: str
     stderr_tail: str = ""
     time: float = 0.0
+    no_traceback_hint: str = _NO_TRACEBACK
 
     def summary(self) -> str:
         """One line: rank, exit status and the error."""
@@ -96,7 +104,7 @@ class WorkerFailedError(ChildFailedError):
             elif d.stderr_tail:
                 lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
             else:
-                lines.append(_NO_TRACEBACK)
+                lines.append(d.no_traceback_hint)
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
@@ -158,6 +166,7 @@ def build_error(
     report_dir: str,
     restart_count: int,
     stderr_files: dict[int, str],
+    reimports_main: bool = False,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
 
@@ -167,6 +176,9 @@ def build_error(
         report_dir: where workers wrote their reports.
         restart_count: the attempt whose reports to read.
         stderr_files: local rank -> stderr log file, for processes that died silently.
+        reimports_main: workers import the launcher's main module again (a function
+            launched with spawn or forkserver), so a missing main guard can explain a
+            silent failure.
     """
     details: dict[int, RankFailure] = {}
     exceptions: dict[int, BaseException] = {}
@@ -189,10 +201,18 @@ def build_error(
             traceback=report.get("traceback", ""),
             stderr_tail=tail,
             time=report.get("time", failure.timestamp),
+            no_traceback_hint=_no_traceback_hint(failure.exitcode, reimports_main),
         )
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
     return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
+
+
+def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
+    """What to say for a rank with neither a traceback nor stderr output."""
+    if exitcode == -signal.SIGTERM:
+        return _STOPPED
+    return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
 
 
 def _message(failure: ProcessFailure, stderr_tail: str) -> str:

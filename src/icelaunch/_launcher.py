@@ -60,6 +60,7 @@ class ElasticLauncher(Configurable):
         omp_num_threads: int = 1,
         *,
         warm_start: bool = True,
+        process_group: bool = True,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -71,6 +72,10 @@ class ElasticLauncher(Configurable):
                 ran your program's code or touched CUDA: spawn's guarantees,
                 without one interpreter start and torch import per worker.
                 ``False`` starts every worker as a fresh interpreter.
+            process_group: initialise torch.distributed's default process group in
+                every worker before calling the function. ``False`` leaves it to the
+                function (``dist.init_process_group("gloo")``, Ignite's
+                ``idist.Parallel``, ...), with the ``env://`` variables torchrun gives.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

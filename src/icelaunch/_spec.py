@@ -56,6 +56,7 @@ class LaunchSpec:
     master_port: int | None
     omp_num_threads: int
     warm_start: bool = True
+    process_group: bool = True
 
     @property
     def nproc_per_node(self) -> int:
@@ -228,6 +229,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         master_port=_port(a["master_port"]),
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
+        process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
     )
     _check_rendezvous(spec)
     return spec

@@ -24,7 +24,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _ports, _worker
+from icelaunch import _failures, _forkserver, _hints, _ports, _worker
 from icelaunch._engine import _hygiene, _rendezvous, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
@@ -60,6 +60,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     def target(run_dir: str) -> _Target:
         notify = os.path.join(run_dir, "done.sock")
         job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
+        if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
+            return _Target(name, _worker.run, (job,), reports_done=True)
         return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
@@ -73,9 +75,8 @@ def _payload(name: str, job: _worker.Job) -> bytes:
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
-            f"Everything the function uses must be picklable; move it into an importable "
-            f"module, or rename globals that shadow torch modules (e.g. an attribute "
-            f"named 'classes' read next to torch)"
+            f"With start_method={job.spec.start_method!r} they are pickled; "
+            f"{_hints.unpicklable_job(exc)}"
         ) from exc
     return data
 
@@ -214,7 +215,7 @@ def _run_agent(
     try:
         result = agent.run()
         if result.is_failed():
-            raise _failed(target.name, result, run_dir, agent, logs)
+            raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
     except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
@@ -224,11 +225,24 @@ def _run_agent(
             worker_spec.rdzv_handler.shutdown()
 
 
+def _reimports_main(spec: LaunchSpec, target: _Target) -> bool:
+    """Whether the workers import the launcher's main module again (function launches
+    that do not fork the launcher itself); scripts are started as they are."""
+    return target.reports_done and spec.start_method != "fork"
+
+
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
+    name: str,
+    result: RunResult,
+    run_dir: str,
+    agent: Agent,
+    logs: DefaultLogsSpecs,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
-    return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
+    return _failures.build_error(
+        name, result.failures, run_dir, agent.attempt, stderr_files, reimports_main
+    )
 
 
 def _stderr_files(root: str, attempt: int) -> dict[int, str]:
