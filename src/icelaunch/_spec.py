@@ -64,6 +64,7 @@ class LaunchSpec:
     timeout: float | None = None
     hang_timeout: float | None = None
     collective_timeout: float | None = None
+    process_group: bool = True
 
     @property
     def nproc_per_node(self) -> int:
@@ -266,6 +267,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         timeout=_seconds("timeout", a.get("timeout"), "3600"),
         hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
         collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
+        process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
     )
     _check_rendezvous(spec)
     return spec

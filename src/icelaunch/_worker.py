@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _diagnosis
+from icelaunch import _diagnosis, _user_group
 from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
@@ -160,10 +160,13 @@ def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
     return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
 
 
-def run(payload: bytes) -> Any:
-    """Worker entrypoint: set up the context and process group, run the user function."""
+def run(payload: bytes | Job) -> Any:
+    """Worker entrypoint: set up the context and process group, run the user function.
+
+    ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
+    """
     global _current
-    job: Job = pickle.loads(payload)
+    job: Job = payload if isinstance(payload, Job) else pickle.loads(payload)  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
@@ -293,7 +296,10 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
 
     try:
         with _reported(job, ctx):
-            _init_process_group(ctx)
+            if job.spec.process_group:
+                _init_process_group(ctx)
+            else:
+                _user_group.prefix_env_rendezvous(ctx.restart_count)
             _mark_started(job, ctx)
             result = job.fn(*job.args)
             return _sendable(job.fn, ctx, result)

@@ -33,10 +33,11 @@ def failed_error(
     exits: dict[int, tuple[int, float]],
     watch: Watch | None,
     restarts_used: int = 0,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     """torch's failures and the workers' reports, with stacks, crash stacks and OOM causes."""
     err = _failures.build_error(
-        name, failures, run_dir, attempt, stderr_files, exits, restarts_used
+        name, failures, run_dir, attempt, stderr_files, exits, restarts_used, reimports_main
     )
     details = {
         rank: _explained(detail, run_dir, attempt, watch) for rank, detail in err.details.items()

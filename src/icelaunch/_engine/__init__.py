@@ -25,7 +25,7 @@ from typing import Any
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _console, _failures, _forkserver, _ports, _worker
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _worker
 from icelaunch._diagnosis import _code, _files, _report
 from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
@@ -70,6 +70,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         job = _worker.Job(
             fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
         )
+        if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
+            return _Target(name, _worker.run, (job,), True, mark, console)
         return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
@@ -91,9 +93,8 @@ def _payload(name: str, job: _worker.Job) -> bytes:
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
-            f"Everything the function uses must be picklable; move it into an importable "
-            f"module, or rename globals that shadow torch modules (e.g. an attribute "
-            f"named 'classes' read next to torch)"
+            f"With start_method={job.spec.start_method!r} they are pickled; "
+            f"{_hints.unpicklable_job(exc)}"
         ) from exc
     return data
 
@@ -252,7 +253,7 @@ def _run_agent(
         with relay:  # shows the workers' output to its end before the result is used
             result = agent.run()
         if result.is_failed():
-            raise _failed(target.name, result, run_dir, agent, logs)
+            raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
     except _report.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
@@ -265,8 +266,19 @@ def _run_agent(
             worker_spec.rdzv_handler.shutdown()
 
 
+def _reimports_main(spec: LaunchSpec, target: _Target) -> bool:
+    """Whether the workers import the launcher's main module again (function launches
+    that do not fork the launcher itself); scripts are started as they are."""
+    return target.reports_done and spec.start_method != "fork"
+
+
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: _logs.RelayedLogs
+    name: str,
+    result: RunResult,
+    run_dir: str,
+    agent: Agent,
+    logs: _logs.RelayedLogs,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
@@ -279,6 +291,7 @@ def _failed(
         agent.exits,
         agent.watch,
         agent.restarts_used,
+        reimports_main,
     )
 
 
