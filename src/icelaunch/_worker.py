@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icelaunch import _transfer
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -158,7 +159,7 @@ def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
 def run(payload: bytes) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function."""
     global _current
-    job: Job = pickle.loads(payload)
+    job: Job = _transfer.receive(payload)
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     ctx = WorkerContext.from_env(job.spec, os.environ)
@@ -342,26 +343,11 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
-class _ByValue:
-    """A return value that only cloudpickle can send (e.g. of a class defined in a
-    notebook or ``__main__``); the launcher unpickles it as the value itself."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickle.loads, (self.data,)
-
-
 def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
-    """``value`` ready for torch's return queue: as is when pickle takes it, else by value."""
-    with contextlib.suppress(Exception):
-        pickle.dumps(value)
-        return value
+    """``value`` ready for torch's return queue: classes of ``__main__`` or a notebook
+    by value, large tensors, arrays and bytes through shared memory (``_transfer``)."""
     try:
-        import cloudpickle
-
-        return _ByValue(cloudpickle.dumps(value))
+        return _transfer.as_result(value)
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _ports, _worker
+from icelaunch import _failures, _forkserver, _ports, _transfer, _worker
 from icelaunch._engine import _hygiene, _rendezvous, _setup
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
@@ -56,20 +55,29 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         KeyboardInterrupt: the launching process got SIGINT.
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    sent: list[_transfer.Sent] = []
 
     def target(run_dir: str) -> _Target:
         notify = os.path.join(run_dir, "done.sock")
         job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
-        return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
+        sent.append(_payload(name, job))
+        return _Target(name, _worker.run, (sent[-1].payload,), reports_done=True)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
-    return _launch(spec, target)
-
-
-def _payload(name: str, job: _worker.Job) -> bytes:
-    """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
     try:
-        data: bytes = cloudpickle.dumps(job)
+        return _launch(spec, target)
+    finally:
+        for each in sent:
+            each.close()
+
+
+def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value,
+    large tensors, arrays and bytes through shared memory (see ``_transfer``)."""
+    try:
+        data = _transfer.send(job)
+    except _transfer.UnsupportedTransferError:
+        raise
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
