@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _diagnosis, _user_group
+from icelaunch import _diagnosis, _transfer, _user_group
 from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
@@ -166,7 +166,9 @@ def run(payload: bytes | Job) -> Any:
     ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
     """
     global _current
-    job: Job = payload if isinstance(payload, Job) else pickle.loads(payload)  # fork: inherited
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
@@ -366,26 +368,11 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
-class _ByValue:
-    """A return value that only cloudpickle can send (e.g. of a class defined in a
-    notebook or ``__main__``); the launcher unpickles it as the value itself."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickle.loads, (self.data,)
-
-
 def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
-    """``value`` ready for torch's return queue: as is when pickle takes it, else by value."""
-    with contextlib.suppress(Exception):
-        pickle.dumps(value)
-        return value
+    """``value`` ready for torch's return queue: classes of ``__main__`` or a notebook
+    by value, large tensors, arrays and bytes through shared memory (``_transfer``)."""
     try:
-        import cloudpickle
-
-        return _ByValue(cloudpickle.dumps(value))
+        return _transfer.as_result(value)
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(

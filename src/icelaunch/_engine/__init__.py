@@ -25,8 +25,8 @@ from typing import Any
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _console, _failures, _forkserver, _hints, _ports, _worker
-from icelaunch._diagnosis import _code, _files, _report
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
+from icelaunch._diagnosis import _files, _report
 from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
@@ -61,8 +61,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     console = _console.new_address()
-
     mark = _stop.JobMark.new()
+    sent: list[_transfer.Sent] = []
 
     def target(run_dir: str) -> _Target:
         notify = done_address(run_dir)
@@ -72,10 +72,15 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         )
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
             return _Target(name, _worker.run, (job,), True, mark, console)
-        return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
+        sent.append(_payload(name, job))
+        return _Target(name, _worker.run, (sent[-1].payload,), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
-    return _launch(spec, target)
+    try:
+        return _launch(spec, target)
+    finally:
+        for each in sent:
+            each.close()
 
 
 def done_address(run_dir: str) -> str:
@@ -86,10 +91,14 @@ def done_address(run_dir: str) -> str:
     return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
 
 
-def _payload(name: str, job: _worker.Job) -> bytes:
-    """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
+def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value
+    (with their real file names), large tensors, arrays and bytes through shared
+    memory (see ``_transfer``)."""
     try:
-        data: bytes = _code.dumps(job)  # cloudpickle, keeping the real file of by-value code
+        data = _transfer.send(job)
+    except _transfer.UnsupportedTransferError:
+        raise
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
