@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["stacks"]:  # a script file named stacks runs as `icelaunch ./stacks`
+        from icelaunch._diagnosis._cli import stacks_command
+
+        return stacks_command(argv[1:])
     parser = build_parser()
     try:
         invocation = parse(parser, argv)

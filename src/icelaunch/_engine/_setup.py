@@ -12,6 +12,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from icelaunch._spec import LaunchSpec
 
 DEFAULT_RDZV_TIMEOUT_S = 900
+DEFAULT_RDZV_ID = "none"  # the seed's default: no id given
 
 
 def make_log_dir(log_dir: str | None) -> None:
@@ -50,6 +51,17 @@ def _expand(value: Std | dict[int, Std], n: int) -> dict[int, Std]:
     return dict.fromkeys(range(n), value)
 
 
+def run_id_of(spec: LaunchSpec) -> str:
+    """The job's ``TORCHELASTIC_RUN_ID``: a fresh one per single-node launch left at 'none'.
+
+    Scripts use it as a unique job id (checkpoint folders, experiment trackers), as
+    torchrun's fresh id allows; nodes of a multi-node job must share the id given.
+    """
+    if spec.rdzv_id == DEFAULT_RDZV_ID and spec.max_nodes == 1:
+        return uuid.uuid4().hex
+    return spec.rdzv_id
+
+
 def rendezvous_parameters(
     spec: LaunchSpec, port: int
 ) -> tuple[RendezvousParameters, str | None, int | None]:
@@ -58,7 +70,7 @@ def rendezvous_parameters(
     if "timeout" in configs:  # torch's c10d and etcd-v2 handlers read only join_timeout
         configs.setdefault("join_timeout", configs["timeout"])
     configs.setdefault("timeout", DEFAULT_RDZV_TIMEOUT_S)
-    backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, spec.rdzv_id
+    backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, run_id_of(spec)
     master: tuple[str | None, int | None] = (None, None)
     if spec.standalone:
         backend, endpoint, run_id = "c10d", f"127.0.0.1:{port}", str(uuid.uuid4())
