@@ -531,3 +531,24 @@ def test_a_notebook_cell_shows_a_carriage_return_bar_as_one_line(tmp_path: Path)
     assert shown == [b"[rank0]: bar 3/3"], err
     assert "[rank0]: done 0\n" in streams.get("stdout", "")
     assert "[rank1]: done 1\n" in streams.get("stdout", "")
+
+
+def test_the_owner_goes_on_with_its_open_line_while_others_wait() -> None:
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"10%", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.0)
+    screen.feed(a, b" 20%", 0.001)
+    screen.pump(0.001)
+    assert b"".join(shown) == b"[0] 10% 20%"
+    screen.pump(1.0, final=True)
+    assert b"".join(shown) == b"[0] 10% 20%\n[1] other\n"
+
+
+def test_torch_still_records_worker_events_where_we_skip_them() -> None:
+    """The agent skips torch's per-worker events for the default "null" handler
+    (each costs a DNS look-up on return); fail loudly if torch renames the hook."""
+    from torch.distributed.elastic.agent.server.api import SimpleElasticAgent, WorkerSpec
+
+    assert callable(SimpleElasticAgent._record_worker_events)
+    assert WorkerSpec.__dataclass_fields__["event_log_handler"].default == "null"
