@@ -104,9 +104,9 @@ class Screen:
         if contended:
             cut = max(source.held.rfind(b"\n"), source.held.rfind(b"\r")) + 1
             if cut == 0:  # no line end: only the owner goes on with its open line at once
-                if self.owner is not source and not final:
-                    if not self._idle(source, source.held_since, now):
-                        return False
+                waits = self.owner is not source and not final
+                if waits and not self._idle(source, source.held_since, now):
+                    return False
                 cut = len(source.held)
         data = bytes(source.held[:cut])
         del source.held[:cut]
