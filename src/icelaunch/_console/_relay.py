@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from icelaunch._console._screen import Screen, Source
-from icelaunch._console._sink import Sink
+from icelaunch._console._sink import Sink, guard_forks
 from icelaunch._console._text import DEFAULT_TEMPLATE, expand
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Relay:
 
     def start(self) -> None:
         """Listen for workers and start the relay thread."""
+        guard_forks()
         self._listener.bind("\0" + self.address)
         self._listener.listen(64)
         self._listener.setblocking(False)
