@@ -552,3 +552,15 @@ def test_torch_still_records_worker_events_where_we_skip_them() -> None:
 
     assert callable(SimpleElasticAgent._record_worker_events)
     assert WorkerSpec.__dataclass_fields__["event_log_handler"].default == "null"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_a_script_traceback_is_prefixed_once_and_reported_once(tmp_path: Path) -> None:
+    job = tmp_path / "boom.py"
+    job.write_text('import os\nif os.environ["RANK"] == "1":\n    raise ValueError("shard 7")\n')
+    result = run_in_pipes(icelaunch("--devices", "cpu:0-1", str(job)), ROOT)
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.decode()
+    assert "[rank1]: Traceback (most recent call last):\n" in err
+    assert "[rank1]: [rank1]" not in err and "runpy" not in err and "_script.py" not in err
+    assert err.count(f'[rank1]:   File "{job}", line 3, in <module>') == 1
