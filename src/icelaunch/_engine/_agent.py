@@ -277,3 +277,9 @@ class Agent(LocalElasticAgent):
     def attempt(self) -> int:
         """The attempt that ran last (0 for the first, 1 after one restart, ...)."""
         return self._listener.attempt
+
+    def _record_worker_events(self, result: RunResult) -> None:
+        # torch builds one event per worker, each with a DNS look-up of this host
+        # (tens of ms on return), for the default handler, which drops them
+        if self._worker_group.spec.event_log_handler != "null":
+            super()._record_worker_events(result)
