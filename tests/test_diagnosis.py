@@ -632,3 +632,40 @@ def test_a_restart_logs_where_the_running_ranks_were(
     assert_all_gone(_pids(tmp_path))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "where the running ranks were:\nrank 0: time.sleep(600)" in logged
+
+
+HANG_AFTER_STEPS = """
+import time
+import torch, torch.distributed as dist
+import icelaunch
+
+def stuck_in_a_script():
+    time.sleep(600)
+
+ctx = icelaunch.init_process_group()
+for _ in range(3):
+    dist.all_reduce(torch.ones(1))
+if ctx.rank == 1:
+    stuck_in_a_script()
+dist.all_reduce(torch.ones(1))
+"""
+
+
+@pytest.mark.parametrize("option", ["--timeout=12", "--hang-timeout=3"])
+def test_script_time_limits_show_where_the_ranks_are(tmp_path: Path, option: str) -> None:
+    argv, _ = _command(tmp_path, HANG_AFTER_STEPS, option)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 124, result.stderr
+    why = "timeout=12 s" if "=12" in option else "no rank's Python stack changed"
+    assert why in result.stderr
+    assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
+    assert "rank 0: dist.all_reduce(torch.ones(1))  (job.py:14 in <module>)" in result.stderr
+
+
+def test_script_collective_timeout(tmp_path: Path) -> None:
+    argv, _ = _command(tmp_path, HANG_AFTER_STEPS, "--collective-timeout=3")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert "rank 0 (local rank 0, exit code 1)" in result.stderr
+    assert "Timed out waiting 3000ms" in result.stderr
+    assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
