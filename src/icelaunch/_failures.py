@@ -14,10 +14,17 @@ from icelaunch._worker import report_path, started_path
 
 _STDERR_TAIL_LINES = 20
 _NO_TRACEBACK = (
+    "(no traceback: the process ended without a Python exception; its own output, above, says why)"
+)
+_NO_TRACEBACK_REIMPORT = (
     "(no traceback from the launched function: the process ended before it could "
     "start or without raising; its own output, above, says why. A script that "
     'launches must do so under `if __name__ == "__main__":`, since workers '
     "import it again)"
+)
+_STOPPED = (
+    "(no traceback: the process was stopped with SIGTERM, by the launcher once another "
+    "worker had failed, or from outside, e.g. by a scheduler or `kill`)"
 )
 
 
@@ -34,6 +41,7 @@ class RankFailure:
     traceback: str
     stderr_tail: str = ""
     time: float = 0.0
+    no_traceback_hint: str = _NO_TRACEBACK
 
     def summary(self) -> str:
         """One line: rank, exit status and the error."""
@@ -57,11 +65,14 @@ class WorkerFailedError(ChildFailedError):
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
         stacks: dict[int, str] | None = None,
+        restarts: int = 0,
     ) -> None:
         self.details = dict(sorted(details.items(), key=_failure_order))
         self.exceptions = exceptions
         #: no worker of this node got as far as calling the launched function
         self.before_user_code = before_user_code
+        #: how many restarts were used up before this last, failed attempt
+        self.restarts = restarts
         #: global rank -> Python stack (all threads) of each rank still running when
         #: icelaunch stopped it, taken just before
         self.stacks = dict(stacks or {})
@@ -92,7 +103,8 @@ class WorkerFailedError(ChildFailedError):
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """The readable report: a summary line per rank, then each traceback."""
-        lines = [f"{len(self.details)} worker(s) of {self.name} failed, first to last:"]
+        used = f" (after {self.restarts} restart(s): max_restarts used up)" if self.restarts else ""
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed{used}, first to last:"]
         lines += [f"  {d.summary()}" for d in self.details.values()]
         for d in self.details.values():
             lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
@@ -103,7 +115,7 @@ class WorkerFailedError(ChildFailedError):
             elif d.rank in self.stacks:
                 lines.append("(stopped by icelaunch while running: its stack is below)")
             else:
-                lines.append(_NO_TRACEBACK)
+                lines.append(d.no_traceback_hint)
         if self._grouped:
             lines.append(f"\nwhere the running ranks were when they were stopped:\n{self._grouped}")
         return "\n".join(lines)
@@ -116,6 +128,7 @@ class WorkerFailedError(ChildFailedError):
             self.exceptions,
             self.before_user_code,
             self.stacks,
+            self.restarts,
         )
         return (type(self), args)
 
@@ -238,6 +251,8 @@ def build_error(
     restart_count: int,
     stderr_files: dict[int, str],
     exits: dict[int, tuple[int, float]] | None = None,
+    restarts_used: int = 0,
+    reimports_main: bool = False,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
 
@@ -249,6 +264,10 @@ def build_error(
         stderr_files: local rank -> stderr log file, for processes that died silently.
         exits: local rank -> (true exit status, when it was seen), for every worker
             that ended, including those the launcher stopped.
+        restarts_used: restarts spent on failures before this attempt (all of them).
+        reimports_main: workers import the launcher's main module again (a function
+            launched with spawn or forkserver), so a missing main guard can explain a
+            silent failure.
     """
     details: dict[int, RankFailure] = {}
     exceptions: dict[int, BaseException] = {}
@@ -260,10 +279,12 @@ def build_error(
         exc = _unpickle(report.get("exception"))
         if exc is not None:
             exceptions[rank] = exc
-        details[rank] = _detail(rank, failure, report, stderr_files, exits or {})
+        details[rank] = _detail(rank, failure, report, stderr_files, exits or {}, reimports_main)
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
-    return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
+    return WorkerFailedError(
+        name, failures, details, exceptions, before_user_code=not started, restarts=restarts_used
+    )
 
 
 def _detail(
@@ -272,6 +293,7 @@ def _detail(
     report: dict[str, Any],
     stderr_files: dict[int, str],
     exits: dict[int, tuple[int, float]],
+    reimports_main: bool = False,
 ) -> RankFailure:
     """One rank's failure from what the agent saw, our report, and torch's error file."""
     code, seen = exits.get(failure.local_rank, (failure.exitcode, float(failure.timestamp)))
@@ -289,6 +311,7 @@ def _detail(
         traceback=report.get("traceback") or torch_traceback,
         stderr_tail=tail,
         time=float(report.get("time", seen)),
+        no_traceback_hint=_no_traceback_hint(code, reimports_main),
     )
 
 
@@ -300,6 +323,13 @@ def _error_file(failure: ProcessFailure) -> tuple[str, str]:
         extra = message.get("extraInfo") or {}
         return str(message.get("message", "")), str(extra.get("py_callstack") or "")
     return str(message or ""), ""
+
+
+def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
+    """What to say for a rank with neither a traceback nor stderr output."""
+    if exitcode == -signal.SIGTERM:
+        return _STOPPED
+    return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
 
 
 def _message(message: str, exitcode: int, stderr_tail: str) -> str:

@@ -65,6 +65,7 @@ class ElasticLauncher(Configurable):
         timeout: float | None = None,
         hang_timeout: float | None = None,
         collective_timeout: float | None = None,
+        process_group: bool = True,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -90,6 +91,10 @@ class ElasticLauncher(Configurable):
             collective_timeout: seconds a collective may wait for its peers before it
                 raises in the ranks (``init_process_group(timeout=...)``, gloo and
                 nccl); None keeps torch's default (10 min for nccl, 30 min for gloo).
+            process_group: initialise torch.distributed's default process group in
+                every worker before calling the function. ``False`` leaves it to the
+                function (``dist.init_process_group("gloo")``, Ignite's
+                ``idist.Parallel``, ...), with the ``env://`` variables torchrun gives.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

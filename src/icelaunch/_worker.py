@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _diagnosis
+from icelaunch import _diagnosis, _transfer, _user_group
 from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
@@ -160,10 +160,15 @@ def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
     return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
 
 
-def run(payload: bytes) -> Any:
-    """Worker entrypoint: set up the context and process group, run the user function."""
+def run(payload: bytes | Job) -> Any:
+    """Worker entrypoint: set up the context and process group, run the user function.
+
+    ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
+    """
     global _current
-    job: Job = pickle.loads(payload)
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
@@ -293,7 +298,10 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
 
     try:
         with _reported(job, ctx):
-            _init_process_group(ctx)
+            if job.spec.process_group:
+                _init_process_group(ctx)
+            else:
+                _user_group.prefix_env_rendezvous(ctx.restart_count)
             _mark_started(job, ctx)
             result = job.fn(*job.args)
             return _sendable(job.fn, ctx, result)
@@ -342,39 +350,29 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        ctx.master_addr,
-        ctx.master_port,
-        world_size=ctx.world_size,
-        is_master=not agent_hosts and ctx.rank == 0,
-        wait_for_workers=False,
-    )
+    if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
+        from icelaunch._loopback import worker_store
+
+        store = worker_store(ctx.rank, ctx.master_port, ctx.world_size)
+    else:
+        store = TCPStore(
+            ctx.master_addr,
+            ctx.master_port,
+            world_size=ctx.world_size,
+            is_master=not agent_hosts and ctx.rank == 0,
+            wait_for_workers=False,
+        )
     # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
     # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
     attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
-class _ByValue:
-    """A return value that only cloudpickle can send (e.g. of a class defined in a
-    notebook or ``__main__``); the launcher unpickles it as the value itself."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickle.loads, (self.data,)
-
-
 def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
-    """``value`` ready for torch's return queue: as is when pickle takes it, else by value."""
-    with contextlib.suppress(Exception):
-        pickle.dumps(value)
-        return value
+    """``value`` ready for torch's return queue: classes of ``__main__`` or a notebook
+    by value, large tensors, arrays and bytes through shared memory (``_transfer``)."""
     try:
-        import cloudpickle
-
-        return _ByValue(cloudpickle.dumps(value))
+        return _transfer.as_result(value)
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(

@@ -12,6 +12,7 @@ import argparse
 import inspect
 import json
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Callable
@@ -344,6 +345,8 @@ def _command(given: dict[str, Any]) -> tuple[str, ...]:
     if module:
         return (sys.executable, "-u", "-m", script, *args)
     if no_python:
+        if shutil.which(script) is None:
+            raise ValueError(f"program {script!r} not found or not executable (--no-python)")
         return (script, *args)
     if not os.path.isfile(script):
         raise ValueError(f"script {script!r} not found (for a module, use -m {script})")
@@ -368,6 +371,9 @@ def run(invocation: Invocation) -> int:
     except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # e.g. a log_dir that cannot be created
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

@@ -25,12 +25,12 @@ def _code_reduce(code: types.CodeType) -> Any:
     return rebuild, tuple(code.co_filename if arg == _PLACEHOLDER else arg for arg in args)
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+class CodePickler(cloudpickle.Pickler):  # type: ignore[misc]
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
 
 def dumps(obj: Any) -> bytes:
     """``cloudpickle.dumps(obj)``, with real file names in code sent by value."""
     with io.BytesIO() as buffer:
-        _Pickler(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+        CodePickler(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
         return buffer.getvalue()

@@ -32,9 +32,13 @@ def failed_error(
     stderr_files: dict[int, str],
     exits: dict[int, tuple[int, float]],
     watch: Watch | None,
+    restarts_used: int = 0,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     """torch's failures and the workers' reports, with stacks, crash stacks and OOM causes."""
-    err = _failures.build_error(name, failures, run_dir, attempt, stderr_files, exits)
+    err = _failures.build_error(
+        name, failures, run_dir, attempt, stderr_files, exits, restarts_used, reimports_main
+    )
     details = {
         rank: _explained(detail, run_dir, attempt, watch) for rank, detail in err.details.items()
     }
@@ -43,7 +47,7 @@ def failed_error(
     # stop would show it writing that report
     stacks = {r: text for r, text in stacks.items() if not _own_failure(details.get(r))}
     return _failures.WorkerFailedError(
-        name, err.failures, details, err.exceptions, err.before_user_code, stacks
+        name, err.failures, details, err.exceptions, err.before_user_code, stacks, err.restarts
     )
 
 

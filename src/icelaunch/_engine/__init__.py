@@ -25,9 +25,9 @@ from typing import Any
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _console, _failures, _forkserver, _ports, _worker
-from icelaunch._diagnosis import _code, _files, _report
-from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
+from icelaunch._diagnosis import _files, _report
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -61,8 +61,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     console = _console.new_address()
-
     mark = _stop.JobMark.new()
+    sent: list[_transfer.Sent] = []
 
     def target(run_dir: str) -> _Target:
         notify = done_address(run_dir)
@@ -70,10 +70,17 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         job = _worker.Job(
             fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
         )
-        return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
+        if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
+            return _Target(name, _worker.run, (job,), True, mark, console)
+        sent.append(_payload(name, job))
+        return _Target(name, _worker.run, (sent[-1].payload,), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
-    return _launch(spec, target)
+    try:
+        return _launch(spec, target)
+    finally:
+        for each in sent:
+            each.close()
 
 
 def done_address(run_dir: str) -> str:
@@ -84,16 +91,19 @@ def done_address(run_dir: str) -> str:
     return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
 
 
-def _payload(name: str, job: _worker.Job) -> bytes:
-    """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
+def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value
+    (with their real file names), large tensors, arrays and bytes through shared
+    memory (see ``_transfer``)."""
     try:
-        data: bytes = _code.dumps(job)  # cloudpickle, keeping the real file of by-value code
+        data = _transfer.send(job)
+    except _transfer.UnsupportedTransferError:
+        raise
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
-            f"Everything the function uses must be picklable; move it into an importable "
-            f"module, or rename globals that shadow torch modules (e.g. an attribute "
-            f"named 'classes' read next to torch)"
+            f"With start_method={job.spec.start_method!r} they are pickled; "
+            f"{_hints.unpicklable_job(exc)}"
         ) from exc
     return data
 
@@ -131,6 +141,7 @@ def _script_command(argv: list[str]) -> list[str]:
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    _setup.make_log_dir(spec.log_dir)
     try:
         with (
             _hygiene.job_directory() as job_dir,
@@ -138,6 +149,7 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
             _hygiene.no_torch_temp_files(),
             _hygiene.torch_logs_without_tracebacks(),
         ):
+            _hygiene.respect_ignored_signals()
             return _launch_with_port_retry(spec, target, job_dir)
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
@@ -163,10 +175,11 @@ def _redeliver(sig: signal.Signals) -> None:
 def _launch_with_port_retry(
     spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
 ) -> dict[int, Any]:
-    chosen = spec.master_port is None or spec.standalone
+    fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
+    chosen = fixed is None or spec.standalone
     setup_retries = SETUP_RETRIES if spec.max_nodes == 1 else 0
     for attempt in range(_ports.ATTEMPTS + setup_retries):
-        port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
+        port = _ports.free_port() if chosen or fixed is None else fixed
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
@@ -208,7 +221,7 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             local_world_size=spec.nproc_per_node,
             entrypoint=target.entrypoint,
             args=target.args,
-            rdzv_handler=_ports.create_handler(rdzv_params, port),
+            rdzv_handler=_stores.create_handler(rdzv_params, port, spec.standalone),
             max_restarts=spec.max_restarts,
             monitor_interval=1e-6,  # the agent's own sleep; Agent waits on events instead
             master_addr=master_addr,
@@ -249,7 +262,7 @@ def _run_agent(
         with relay:  # shows the workers' output to its end before the result is used
             result = agent.run()
         if result.is_failed():
-            raise _failed(target.name, result, run_dir, agent, logs)
+            raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
     except _report.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
@@ -262,13 +275,32 @@ def _run_agent(
             worker_spec.rdzv_handler.shutdown()
 
 
+def _reimports_main(spec: LaunchSpec, target: _Target) -> bool:
+    """Whether the workers import the launcher's main module again (function launches
+    that do not fork the launcher itself); scripts are started as they are."""
+    return target.reports_done and spec.start_method != "fork"
+
+
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: _logs.RelayedLogs
+    name: str,
+    result: RunResult,
+    run_dir: str,
+    agent: Agent,
+    logs: _logs.RelayedLogs,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
     return _report.failed_error(
-        name, failures, run_dir, agent.attempt, stderr_files, agent.exits, agent.watch
+        name,
+        failures,
+        run_dir,
+        agent.attempt,
+        stderr_files,
+        agent.exits,
+        agent.watch,
+        agent.restarts_used,
+        reimports_main,
     )
 
 

@@ -250,6 +250,11 @@ class Agent(LocalElasticAgent):
             logger.warning("%s; restarting the workers (restart %s/%s)", text, k, spec.max_restarts)
 
     @property
+    def restarts_used(self) -> int:
+        """Restarts spent on failed attempts so far."""
+        return int(self._worker_group.spec.max_restarts - self._remaining_restarts)
+
+    @property
     def watch(self) -> Watch | None:
         """Time limits, memory and the stacks of the last stop."""
         return self._watch
