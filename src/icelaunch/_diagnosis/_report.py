@@ -112,7 +112,7 @@ def stopped_error(
             traceback=stacks.get(w.global_rank, ""),
         )
     return _failures.LaunchTimeoutError(
-        name, failures, details, {}, False, stacks, stop.reason, stop.message
+        name, failures, details, {}, stacks=stacks, reason=stop.reason, why=stop.message
     )
 
 
