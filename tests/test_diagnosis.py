@@ -502,7 +502,6 @@ if __name__ == "__main__":
     try:
         launcher(eat_memory, launcher, sys.argv[1])
     except WorkerFailedError as err:
-        print("DETAIL", err.details[1].signal_name, err.details[1].message, flush=True)
         print(err, flush=True)
 """
 
@@ -561,14 +560,33 @@ def _remove_cgroup(path: Path, procs: str) -> None:
     raise AssertionError(f"cgroup {path} could not be removed")
 
 
-def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
+OOM_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import icelaunch
+
+def eat_memory_in_a_script():
+    hoard = []
+    while True:
+        hoard.append(bytearray(b"x" * (32 << 20)))
+
+ctx = icelaunch.current()
+Path(sys.argv[1], f"{ctx.rank}.pid").write_text(str(os.getpid()))
+if ctx.rank == 1:
+    eat_memory_in_a_script()
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("what", ["function", "script"])
+def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path, what: str) -> None:
     try:
         cgroup, procs = _make_memory_cgroup(OOM_LIMIT_BYTES)
     except OSError as exc:
         pytest.skip(f"cannot make a memory cgroup here: {exc}")
     try:
-        script = tmp_path / "driver.py"
-        script.write_text(textwrap.dedent(OOM_DRIVER))
+        script = tmp_path / "job.py"
+        script.write_text(textwrap.dedent(OOM_DRIVER if what == "function" else OOM_SCRIPT))
         folder = tmp_path / "ranks"
         folder.mkdir()
         join = str(Path(cgroup, procs))
@@ -577,8 +595,16 @@ def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
             with open(join, "w") as fh:
                 fh.write(str(os.getpid()))
 
+        launch = [
+            sys.executable,
+            "-m",
+            "icelaunch",
+            "--devices",
+            "cpu:0-1",
+            "--monitor-interval=0.5",
+        ]
         result = subprocess.run(
-            [sys.executable, str(script), str(folder)],
+            [*([sys.executable] if what == "function" else launch), str(script), str(folder)],
             capture_output=True,
             text=True,
             timeout=180,
@@ -587,10 +613,12 @@ def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
         assert_all_gone(_pids(folder))
     finally:
         _remove_cgroup(cgroup, procs)
-    detail = next(line for line in result.stdout.splitlines() if line.startswith("DETAIL"))
-    assert detail.startswith("DETAIL SIGKILL killed by the kernel's out-of-memory killer"), (
-        result.stdout + result.stderr
-    )
+    report = result.stdout + result.stderr
+    summary = "rank 1 (local rank 1, signal SIGKILL): killed by the kernel's out-of-memory killer"
+    assert summary in report
+    if what == "script":
+        assert result.returncode == 128 + signal.SIGKILL
+    detail = report.split(summary, 1)[1].splitlines()[0]
     assert "oom_kill 0 -> 1" in detail
     peak = int(detail.split("its peak memory as sampled by the launcher: ")[1].split()[0])
     assert 256 <= peak <= OOM_LIMIT_BYTES >> 20
