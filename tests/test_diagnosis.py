@@ -697,3 +697,21 @@ def test_script_collective_timeout(tmp_path: Path) -> None:
     assert "rank 0 (local rank 0, exit code 1)" in result.stderr
     assert "Timed out waiting 3000ms" in result.stderr
     assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
+
+
+def test_a_script_named_stacks_runs_as_dot_slash_stacks(tmp_path: Path) -> None:
+    (tmp_path / "stacks").write_text('print("the script named stacks ran")\n')
+    run = [sys.executable, "-m", "icelaunch"]
+    script = subprocess.run(
+        [*run, "--devices", "cpu:0", "./stacks"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert script.returncode == 0, script.stderr
+    assert "the script named stacks ran" in script.stdout
+    command = subprocess.run(
+        [*run, "stacks", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "to run the script ./stacks, write `icelaunch ./stacks`" in command.stderr
+    assert "the script named stacks ran" not in command.stdout
+    usage = subprocess.run([*run, "stacks", "x"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "invalid int value: 'x'" in usage.stderr
