@@ -328,7 +328,11 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
     assert_all_gone(_pids(tmp_path))
     assert f'File "{script}", line 26, in raises_in_main' in out
     assert "<dynamic-code>" not in out
-    assert "_worker.py" not in out  # icelaunch's bootstrap frames are left out
+    # icelaunch's bootstrap frames are left out (a retried gloo set-up failure may
+    # have printed some: look only at the tracebacks of the function)
+    for block in out.split("Traceback (most recent call last):")[1:]:
+        if "in raises_in_main" in block:
+            assert "_worker.py" not in block, block
 
 
 def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
