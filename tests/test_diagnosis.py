@@ -723,3 +723,15 @@ def test_a_script_named_stacks_runs_as_dot_slash_stacks(tmp_path: Path) -> None:
     assert "the script named stacks ran" not in command.stdout
     usage = subprocess.run([*run, "stacks", "x"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "invalid int value: 'x'" in usage.stderr
+
+
+def busy_training(launcher: ElasticLauncher, steps: int) -> int:
+    t = torch.ones(1000)
+    for _ in range(steps):
+        dist.all_reduce(t)  # nearly every stack sample lands here, yet the job progresses
+    return steps
+
+
+def test_hang_timeout_leaves_a_busy_training_loop_alone() -> None:
+    launcher = ElasticLauncher("cpu:0-3", hang_timeout=1).freeze()
+    assert launcher(busy_training, launcher, 2000) == dict.fromkeys(range(4), 2000)
