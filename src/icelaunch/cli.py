@@ -26,6 +26,7 @@ from icelaunch._spec import LaunchSpec
 PROG = "icelaunch"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TIMEOUT = 124  # --timeout or --hang-timeout stopped the launch, as timeout(1) reports
 
 HELP = {
     "devices": "devices of this node, one worker each (grammar below)",
@@ -53,6 +54,11 @@ HELP = {
     "(all when unset); the others still write their log files",
     "log_line_prefix_template": "prefix of every console line and \\r redraw: ${rank}, "
     "${local_rank}, ${role_name}, ${group_rank}, ${hostname}; '' for none",
+    "timeout": "seconds for the whole launch; then the ranks' stacks are shown and they stop",
+    "hang_timeout": "seconds without any rank's Python stack changing before the job is "
+    "judged hung (stacks shown, workers stopped)",
+    "collective_timeout": "seconds a collective waits for its peers before it raises "
+    "(init_process_group's timeout; gloo and nccl)",
 }
 ALIASES = {"rdzv_configs": ("--rdzv-conf", "--rdzv_conf"), "redirects": ("-r",), "tee": ("-t",)}
 METAVARS = {
@@ -76,8 +82,12 @@ METAVARS = {
     "omp_num_threads": "N",
     "local_ranks_filter": "RANKS",
     "log_line_prefix_template": "TEMPLATE",
+    "timeout": "SECONDS",
+    "hang_timeout": "SECONDS",
+    "collective_timeout": "SECONDS",
 }
 CONSOLE_OPTIONS = ("local_ranks_filter", "log_line_prefix_template")
+DIAGNOSIS_OPTIONS = ("timeout", "hang_timeout", "collective_timeout")  # keyword-only, float
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
 
 USAGE = (
@@ -113,7 +123,13 @@ examples:
 exit status:
   0 when every worker succeeds; else the exit code of the first worker to fail
   (128+N when signal N killed it) with the failure report on stderr; 2 for
-  usage errors; 130 on Ctrl-C."""
+  usage errors; 124 when --timeout or --hang-timeout stopped it; 130 on Ctrl-C.
+
+while a launch runs:
+  icelaunch stacks [PID]   the Python stacks of its workers, grouped, without
+                           disturbing them (PID: the launching process; none:
+                           every launch you may see). A script file named
+                           stacks runs as `icelaunch ./stacks`."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     for param in _freeze_parameters():
         _add_parameter(launch, param)
     _add_console_options(launch)
+    for name in DIAGNOSIS_OPTIONS:
+        if name not in {p.name for p in _freeze_parameters()}:
+            help_text = f"{HELP[name]} (default: unset)"
+            _add_option(launch, name, type=float, metavar=METAVARS[name], help=help_text)
     torchrun = parser.add_argument_group("torchrun spellings")
     _add_option(
         torchrun,
@@ -284,6 +304,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> Invocation:
     given = vars(parser.parse_args(argv))
     options = {p.name: given[p.name] for p in _freeze_parameters() if p.name in given}
     options.update({name: given[name] for name in CONSOLE_OPTIONS if name in given})
+    options.update({name: given[name] for name in DIAGNOSIS_OPTIONS if name in given})
     if "nproc_per_node" in given:
         if "devices" in options:
             raise ValueError("give --devices or --nproc-per-node, not both")
@@ -343,7 +364,7 @@ def run(invocation: Invocation) -> int:
         _engine.launch_command(invocation.spec, list(invocation.command))
     except WorkerFailedError as err:
         print(err, file=sys.stderr)
-        return exit_status(err.first.exitcode)
+        return EXIT_TIMEOUT if isinstance(err, TimeoutError) else exit_status(err.first.exitcode)
     except LaunchInterruptedError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 128 + err.signal
