@@ -113,9 +113,32 @@ class WorkerFailedError(ChildFailedError):
 
 
 def _failure_order(item: tuple[int, RankFailure]) -> tuple[bool, float, int]:
-    """Root causes first: ranks the agent stopped with SIGTERM are collateral."""
+    """Root causes first, then by the time each rank failed.
+
+    Collateral failures never come first: a rank an agent stopped (SIGTERM without
+    an exception of its own), or one whose connection to a peer broke because that
+    peer had died (gloo's "Connection reset by peer", ...).
+    """
     rank, detail = item
-    return (detail.signal_name == "SIGTERM" and detail.exc_type is None, detail.time, rank)
+    return (is_collateral(detail), detail.time, rank)
+
+
+_COLLATERAL_SIGNS = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Connection refused",
+    "Broken pipe",
+    "Connection aborted",
+    "Software caused connection abort",
+    "Socket closed",
+)
+
+
+def is_collateral(detail: RankFailure) -> bool:
+    """Whether ``detail`` looks like the consequence of another rank's failure."""
+    if detail.signal_name == "SIGTERM" and detail.exc_type is None:
+        return True  # stopped by an agent
+    return any(sign in detail.message for sign in _COLLATERAL_SIGNS)
 
 
 def _signal_name(exitcode: int) -> str | None:
@@ -166,16 +189,19 @@ def build_error(
     report_dir: str,
     restart_count: int,
     stderr_files: dict[int, str],
+    exits: dict[int, tuple[int, float]] | None = None,
     reimports_main: bool = False,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
 
     Args:
         name: what was launched (the function's name).
-        failures: torch's failures by global rank.
+        failures: the failed ranks the agent saw, by global rank.
         report_dir: where workers wrote their reports.
         restart_count: the attempt whose reports to read.
         stderr_files: local rank -> stderr log file, for processes that died silently.
+        exits: local rank -> (true exit status, when it was seen), for every worker
+            that ended, including those the launcher stopped.
         reimports_main: workers import the launcher's main module again (a function
             launched with spawn or forkserver), so a missing main guard can explain a
             silent failure.
@@ -190,19 +216,7 @@ def build_error(
         exc = _unpickle(report.get("exception"))
         if exc is not None:
             exceptions[rank] = exc
-        tail = "" if report else _tail(stderr_files.get(failure.local_rank))
-        details[rank] = RankFailure(
-            rank=rank,
-            local_rank=failure.local_rank,
-            exitcode=failure.exitcode,
-            signal_name=_signal_name(failure.exitcode),
-            exc_type=report.get("exc_type"),
-            message=report.get("message") or _message(failure, tail),
-            traceback=report.get("traceback", ""),
-            stderr_tail=tail,
-            time=report.get("time", failure.timestamp),
-            no_traceback_hint=_no_traceback_hint(failure.exitcode, reimports_main),
-        )
+        details[rank] = _detail(rank, failure, report, stderr_files, exits or {}, reimports_main)
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
     return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
@@ -215,12 +229,56 @@ def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
     return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
 
 
-def _message(failure: ProcessFailure, stderr_tail: str) -> str:
+def _detail(
+    rank: int,
+    failure: ProcessFailure,
+    report: dict[str, Any],
+    stderr_files: dict[int, str],
+    exits: dict[int, tuple[int, float]],
+    reimports_main: bool = False,
+) -> RankFailure:
+    """One rank's failure from what the agent saw, our report, and torch's error file."""
+    code, seen = exits.get(failure.local_rank, (failure.exitcode, float(failure.timestamp)))
+    if failure.pid != -1:
+        code, seen = failure.exitcode, float(failure.timestamp)  # seen when it failed
+    torch_message, torch_traceback = _error_file(failure)
+    tail = "" if report or torch_traceback else _tail(stderr_files.get(failure.local_rank))
+    return RankFailure(
+        rank=rank,
+        local_rank=failure.local_rank,
+        exitcode=code,
+        signal_name=_signal_name(code),
+        exc_type=report.get("exc_type"),
+        message=report.get("message") or _message(torch_message, code, tail),
+        traceback=report.get("traceback") or torch_traceback,
+        stderr_tail=tail,
+        time=float(report.get("time", seen)),
+        no_traceback_hint=_no_traceback_hint(code, reimports_main),
+    )
+
+
+def _error_file(failure: ProcessFailure) -> tuple[str, str]:
+    """(message, traceback) from torch's failure record, whose message may be the
+    error file's dict (written by torch's ``@record``)."""
+    message: Any = failure.message
+    if isinstance(message, dict):
+        extra = message.get("extraInfo") or {}
+        return str(message.get("message", "")), str(extra.get("py_callstack") or "")
+    return str(message or ""), ""
+
+
+def _message(message: str, exitcode: int, stderr_tail: str) -> str:
     """torch's message, unless it is only its hint about @record: then the last stderr line."""
-    if not failure.message.startswith("To enable traceback"):
-        return str(failure.message)
+    if message and not message.startswith("To enable traceback"):
+        return message
     lines = [line for line in stderr_tail.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"exited with code {failure.exitcode}"
+    return lines[-1].strip() if lines else f"exited with code {exitcode}"
+
+
+def describe(report_dir: str, attempt: int, rank: int, failure: ProcessFailure) -> str:
+    """One line for a failed rank of ``attempt``: status, exception type and message."""
+    report = _read_reports(report_dir, attempt).get(rank, {})
+    return _detail(rank, failure, report, {}, {}).summary()
 
 
 def _reported_failure(report: dict[str, Any]) -> ProcessFailure:

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
+from icelaunch._console._text import DEFAULT_TEMPLATE, check_template
+
+DEFAULT_PREFIX_TEMPLATE = DEFAULT_TEMPLATE
 
 RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
 START_METHODS = ("spawn", "fork", "forkserver")
@@ -56,6 +59,8 @@ class LaunchSpec:
     master_port: int | None
     omp_num_threads: int
     warm_start: bool = True
+    local_ranks_filter: tuple[int, ...] | None = None
+    log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE
     process_group: bool = True
 
     @property
@@ -229,10 +234,42 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         master_port=_port(a["master_port"]),
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
+        local_ranks_filter=parse_ranks_filter(a.get("local_ranks_filter"), len(devices)),
+        log_line_prefix_template=check_template(
+            a.get("log_line_prefix_template", DEFAULT_PREFIX_TEMPLATE)
+        ),
         process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
     )
     _check_rendezvous(spec)
     return spec
+
+
+def parse_ranks_filter(value: object, nproc: int) -> tuple[int, ...] | None:
+    """torchrun's ``--local-ranks-filter``: ``'0,2'`` -> (0, 2); None or ``''``: every rank.
+
+    Raises:
+        ValueError: not comma-separated local ranks of this node.
+        TypeError: neither a string, an int nor a list of ints.
+    """
+    example = "'0' or local_ranks_filter='0,2'"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        items: list[object] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, (list, tuple, set, frozenset, range)):
+        items = list(value)
+    else:
+        raise TypeError(f"local_ranks_filter must be str, not {value!r}; e.g. {example}")
+    ranks: set[int] = set()
+    for item in items:
+        text = str(item)
+        if isinstance(item, bool) or not text.isdigit() or int(text) >= nproc:
+            rule = f"each entry must be a local rank of this node's workers, 0-{nproc - 1}"
+            raise _bad("local_ranks_filter", value, rule, example)
+        ranks.add(int(text))
+    return tuple(sorted(ranks))
 
 
 def _str(name: str, value: object) -> str:
@@ -250,4 +287,6 @@ def spec_from_json(text: str) -> LaunchSpec:
     data = json.loads(text)
     data["devices"] = tuple(data["devices"])
     data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
+    if data.get("local_ranks_filter") is not None:
+        data["local_ranks_filter"] = tuple(data["local_ranks_filter"])
     return LaunchSpec(**data)

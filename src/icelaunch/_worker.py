@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icelaunch import _user_group
+from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -165,6 +166,7 @@ def run(payload: bytes | Job) -> Any:
     job: Job = payload if isinstance(payload, Job) else pickle.loads(payload)  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)
@@ -206,9 +208,12 @@ def _tie_to_parent(job: Job) -> None:
 
     Forked workers also inherit the launcher's Python signal handlers, which
     would turn SIGTERM into an exception that a rank blocked in C++ never sees.
+    Each worker leads a session of its own, as torch's command workers do.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

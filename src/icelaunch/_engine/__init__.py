@@ -12,20 +12,22 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
-from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _hints, _ports, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _worker
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -46,6 +48,8 @@ class _Target:
     entrypoint: Callable[..., Any] | str
     args: tuple[Any, ...]
     reports_done: bool
+    mark: _stop.JobMark | None = None  # in every worker's environment
+    console: str = ""  # the console relay's address, known to the workers
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -56,16 +60,30 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         KeyboardInterrupt: the launching process got SIGINT.
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    console = _console.new_address()
+
+    mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
-        notify = os.path.join(run_dir, "done.sock")
-        job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
+        notify = done_address(run_dir)
+        env = {**os.environ, _console.ADDRESS_ENV: console, mark.name: mark.value}
+        job = _worker.Job(
+            fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
+        )
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
-            return _Target(name, _worker.run, (job,), reports_done=True)
-        return _Target(name, _worker.run, (_payload(name, job),), reports_done=True)
+            return _Target(name, _worker.run, (job,), True, mark, console)
+        return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     return _launch(spec, target)
+
+
+def done_address(run_dir: str) -> str:
+    """The abstract Unix socket on which workers of ``run_dir`` report "returned".
+
+    Abstract (Linux): no file, so the length of TMPDIR does not matter.
+    """
+    return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
 
 
 def _payload(name: str, job: _worker.Job) -> bytes:
@@ -90,14 +108,26 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
         WorkerFailedError: workers failed and no restart was left.
     """
     name = " ".join(argv)
+    wrapped = _script_command(argv)
+    console = _console.new_address()
+
+    mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
-        return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
+        return _Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
+        os.environ[mark.name] = mark.value
+        os.environ[_console.ADDRESS_ENV] = console
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
+
+
+def _script_command(argv: list[str]) -> list[str]:
+    """``argv`` run through :mod:`icelaunch._script`, which sets the worker up first
+    and then runs it in the same process."""
+    return [sys.executable, "-u", "-m", "icelaunch._script", *argv]
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
@@ -170,7 +200,7 @@ def _port_errors(port: int) -> Iterator[None]:
 
 
 def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int, Any]:
-    listener = DoneListener(os.path.join(run_dir, "done.sock"))
+    listener = DoneListener(done_address(run_dir))
     try:
         rdzv_params, master_addr, master_port = _setup.rendezvous_parameters(spec, port)
         worker_spec = WorkerSpec(
@@ -197,10 +227,8 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
 ) -> dict[int, Any]:
-    only_file, teed = _setup.std_maps(spec)
-    logs = DefaultLogsSpecs(
-        log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
-    )
+    logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
+    relay = _console.Relay(target.console, _logs.routes(spec, logs))
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -208,12 +236,15 @@ def _run_agent(
         spec=worker_spec,
         logs_specs=logs,
         start_method=_forkserver.torch_start_method(spec),
+        describe=functools.partial(_failures.describe, run_dir),
+        mark=target.mark,
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     shutdown_rdzv = True
     try:
-        result = agent.run()
+        with relay:  # shows the workers' output to its end before the result is used
+            result = agent.run()
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
@@ -236,12 +267,13 @@ def _failed(
     result: RunResult,
     run_dir: str,
     agent: Agent,
-    logs: DefaultLogsSpecs,
+    logs: _logs.RelayedLogs,
     reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
+    failures = {**agent.own_failures, **result.failures}
     return _failures.build_error(
-        name, result.failures, run_dir, agent.attempt, stderr_files, reimports_main
+        name, failures, run_dir, agent.attempt, stderr_files, agent.exits, reimports_main
     )
 
 
