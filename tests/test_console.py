@@ -126,6 +126,33 @@ def test_an_open_line_yields_after_hold_and_resumes_with_its_prefix() -> None:
     assert b"".join(shown) == b"\r[0]  10%\n[1] epoch 1\n\r[0]  20%\n"
 
 
+def test_a_long_line_keeps_the_screen_while_the_relay_is_slow() -> None:
+    """A starved relay reads the rest of a line late: it still completes the line."""
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"first half", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.001)
+    screen.feed(a, b" second half\n", 1.0)  # read long after HOLD_S
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] first half second half\n[1] other\n"
+
+
+def test_an_open_line_with_bytes_still_to_read_is_not_broken() -> None:
+    shown: list[bytes] = []
+    more = [True]
+    screen = Screen()
+    a = Source(b"[0] ", shown.append, lambda: more[0])
+    b = Source(b"[1] ", shown.append)
+    screen.feed(a, b"writing", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.0)
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing"
+    more[0] = False
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing\n[1] other\n"
+
+
 def test_a_stale_partial_line_is_shown_while_others_wait() -> None:
     screen, (a, b), shown = _screen_with(2)
     screen.feed(a, b"no newline yet", 0.0)
@@ -274,9 +301,6 @@ def _terminal_view(out: bytes) -> list[bytes]:
 
 def test_terminal_view_helper() -> None:
     assert _terminal_view(b"\r[r]: 1\r[r]: 2\nx") == [b"[r]: 2", b"x"]
-
-
-_ = (re, _terminal_view)
 
 
 FLOOD_JOB = """
@@ -469,3 +493,41 @@ def test_torch_log_layout_the_relay_relies_on(tmp_path: Path) -> None:
         assert Path(folder).relative_to(tmp_path).parts[1:] == ("attempt_1", str(rank))
         assert Path(folder).parent.parent.name.startswith("job_")
     assert logs.rank_dir(0, 0) is None
+
+
+NOTEBOOK_BAR = """\
+import sys, time
+
+def bar(launcher):
+    if launcher.rank == 0:
+        for i in range(4):
+            sys.stderr.write(f"\\rbar {i}/3")
+            sys.stderr.flush()
+            time.sleep(0.01)
+        sys.stderr.write("\\n")
+    print("done", launcher.rank)
+
+launcher(bar, launcher)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_notebook_cell_shows_a_carriage_return_bar_as_one_line(tmp_path: Path) -> None:
+    from test_notebook import SETUP, _client, _errors, _notebook, _run
+
+    nb = _notebook(SETUP, NOTEBOOK_BAR)
+    with _client(nb, tmp_path) as client:
+        assert not _errors(_run(client, 0))
+        cell = _run(client, 1)
+    assert not _errors(cell), _errors(cell)
+    streams = {o.name: "" for o in cell.outputs if o.output_type == "stream"}
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            streams[o.name] += o.text
+    err = streams.get("stderr", "")
+    assert err.count("\r[rank0]: bar ") == 4, err
+    shown = [line for line in _terminal_view(err.encode()) if b"bar" in line]
+    assert shown == [b"[rank0]: bar 3/3"], err
+    assert "[rank0]: done 0\n" in streams.get("stdout", "")
+    assert "[rank1]: done 1\n" in streams.get("stdout", "")

@@ -64,11 +64,19 @@ class WorkerFailedError(ChildFailedError):
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
+        restarts: int = 0,
     ) -> None:
         self.details = dict(sorted(details.items(), key=_failure_order))
         self.exceptions = exceptions
         #: no worker of this node got as far as calling the launched function
         self.before_user_code = before_user_code
+        #: how many restarts were used up before this last, failed attempt
+        self.restarts = restarts
+        #: global rank -> Python stack (all threads) of each rank still running when
+        #: icelaunch stopped it, taken just before
+        self.stacks = dict(stacks or {})
+        self._grouped = _diagnosis_view(self.stacks)
         super().__init__(name, failures)
 
     @property
@@ -95,7 +103,8 @@ class WorkerFailedError(ChildFailedError):
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """The readable report: a summary line per rank, then each traceback."""
-        lines = [f"{len(self.details)} worker(s) of {self.name} failed, first to last:"]
+        used = f" (after {self.restarts} restart(s): max_restarts used up)" if self.restarts else ""
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed{used}, first to last:"]
         lines += [f"  {d.summary()}" for d in self.details.values()]
         for d in self.details.values():
             lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
@@ -103,13 +112,65 @@ class WorkerFailedError(ChildFailedError):
                 lines.append(d.traceback.rstrip())
             elif d.stderr_tail:
                 lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
+            elif d.rank in self.stacks:
+                lines.append("(stopped by icelaunch while running: its stack is below)")
             else:
                 lines.append(d.no_traceback_hint)
+        if self._grouped:
+            lines.append(f"\nwhere the running ranks were when they were stopped:\n{self._grouped}")
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
+        args = (
+            self.name,
+            self.failures,
+            self.details,
+            self.exceptions,
+            self.before_user_code,
+            self.stacks,
+            self.restarts,
+        )
         return (type(self), args)
+
+
+class LaunchTimeoutError(WorkerFailedError, TimeoutError):
+    """The launch passed its ``timeout``, or was judged hung (``hang_timeout``).
+
+    The message says which and why, with the grouped stacks of the ranks;
+    ``stacks`` holds each rank's stack, ``reason`` is ``"timeout"`` or ``"hang"``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failures: dict[int, ProcessFailure],
+        details: dict[int, RankFailure],
+        exceptions: dict[int, BaseException],
+        before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
+        reason: str = "timeout",
+        why: str = "",
+    ) -> None:
+        self.reason = reason
+        self.why = why
+        super().__init__(name, failures, details, exceptions, before_user_code, stacks)
+
+    def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
+        """Why the launch was stopped, then where every rank was."""
+        lines = [f"{self.name} was stopped: {self.why}; all of its workers were stopped."]
+        lines.append(f"where the ranks were:\n{self._grouped or '(no rank answered)'}")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> Any:
+        reduced = super().__reduce__()
+        return (type(self), (*reduced[1], self.reason, self.why))
+
+
+def _diagnosis_view(stacks: dict[int, str]) -> str:
+    """The grouped view of ``stacks`` (stack text by rank), ranks with one stack shown once."""
+    from icelaunch._diagnosis import _format
+
+    return _format.group_texts(stacks)
 
 
 def _failure_order(item: tuple[int, RankFailure]) -> tuple[bool, float, int]:
@@ -190,6 +251,7 @@ def build_error(
     restart_count: int,
     stderr_files: dict[int, str],
     exits: dict[int, tuple[int, float]] | None = None,
+    restarts_used: int = 0,
     reimports_main: bool = False,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
@@ -202,6 +264,7 @@ def build_error(
         stderr_files: local rank -> stderr log file, for processes that died silently.
         exits: local rank -> (true exit status, when it was seen), for every worker
             that ended, including those the launcher stopped.
+        restarts_used: restarts spent on failures before this attempt (all of them).
         reimports_main: workers import the launcher's main module again (a function
             launched with spawn or forkserver), so a missing main guard can explain a
             silent failure.
@@ -219,14 +282,9 @@ def build_error(
         details[rank] = _detail(rank, failure, report, stderr_files, exits or {}, reimports_main)
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
-    return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
-
-
-def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
-    """What to say for a rank with neither a traceback nor stderr output."""
-    if exitcode == -signal.SIGTERM:
-        return _STOPPED
-    return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
+    return WorkerFailedError(
+        name, failures, details, exceptions, before_user_code=not started, restarts=restarts_used
+    )
 
 
 def _detail(
@@ -265,6 +323,13 @@ def _error_file(failure: ProcessFailure) -> tuple[str, str]:
         extra = message.get("extraInfo") or {}
         return str(message.get("message", "")), str(extra.get("py_callstack") or "")
     return str(message or ""), ""
+
+
+def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
+    """What to say for a rank with neither a traceback nor stderr output."""
+    if exitcode == -signal.SIGTERM:
+        return _STOPPED
+    return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
 
 
 def _message(message: str, exitcode: int, stderr_tail: str) -> str:

@@ -62,6 +62,9 @@ class ElasticLauncher(Configurable):
         warm_start: bool = True,
         local_ranks_filter: str | Sequence[int] | None = None,
         log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE,
+        timeout: float | None = None,
+        hang_timeout: float | None = None,
+        collective_timeout: float | None = None,
         process_group: bool = True,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
@@ -80,6 +83,14 @@ class ElasticLauncher(Configurable):
             log_line_prefix_template: the prefix of every console line (and of every
                 ``\r`` redraw): ``${rank}``, ``${local_rank}``, ``${role_name}``,
                 ``${group_rank}`` (or ``${node_rank}``), ``${hostname}``; ``""`` for none.
+            timeout: seconds for the whole call; when they pass, the ranks' stacks
+                are taken, the workers stopped and ``LaunchTimeoutError`` raised.
+            hang_timeout: seconds without any rank's Python stack changing (sampled
+                while the job runs) after which the job is judged hung and handled
+                as for ``timeout``.
+            collective_timeout: seconds a collective may wait for its peers before it
+                raises in the ranks (``init_process_group(timeout=...)``, gloo and
+                nccl); None keeps torch's default (10 min for nccl, 30 min for gloo).
             process_group: initialise torch.distributed's default process group in
                 every worker before calling the function. ``False`` leaves it to the
                 function (``dist.init_process_group("gloo")``, Ignite's

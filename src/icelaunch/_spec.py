@@ -61,6 +61,9 @@ class LaunchSpec:
     warm_start: bool = True
     local_ranks_filter: tuple[int, ...] | None = None
     log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE
+    timeout: float | None = None
+    hang_timeout: float | None = None
+    collective_timeout: float | None = None
     process_group: bool = True
 
     @property
@@ -169,6 +172,17 @@ def _interval(value: object) -> float:
     return seconds
 
 
+def _seconds(name: str, value: object, example: str) -> float | None:
+    """A time limit: None (no limit) or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    _require_type(name, value, (int, float), example)
+    seconds = float(cast(float, value))
+    if not 0 < seconds < float("inf"):
+        raise _bad(name, value, "must be a positive number of seconds or None", example)
+    return seconds
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -181,7 +195,19 @@ def _log_dir(value: object) -> str | None:
     return str(path)
 
 
+def _nnodes_text(spec: LaunchSpec) -> str:
+    if spec.min_nodes == spec.max_nodes:
+        return str(spec.max_nodes)
+    return f"{spec.min_nodes}:{spec.max_nodes}"
+
+
 def _check_rendezvous(spec: LaunchSpec) -> None:
+    if spec.standalone and spec.max_nodes > 1:
+        raise ValueError(
+            f"invalid nnodes {_nnodes_text(spec)!r} with standalone=True: a standalone "
+            f"rendezvous is private to this node; for several nodes drop standalone and use "
+            f"e.g. rdzv_backend='c10d', rdzv_endpoint='10.0.0.1:29400' (or nnodes='1')"
+        )
     if spec.rdzv_backend == "static" and spec.min_nodes != spec.max_nodes:
         raise _bad(
             "nnodes",
@@ -238,6 +264,9 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         log_line_prefix_template=check_template(
             a.get("log_line_prefix_template", DEFAULT_PREFIX_TEMPLATE)
         ),
+        timeout=_seconds("timeout", a.get("timeout"), "3600"),
+        hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
+        collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
         process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
     )
     _check_rendezvous(spec)

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import os
 import pickle
 import select
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _user_group
+from icelaunch import _diagnosis, _transfer, _user_group
 from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
@@ -53,6 +54,7 @@ class WorkerContext:
     rdzv_id: str
     device_name: str
     dist_backend: str
+    collective_timeout: float | None = None
 
     @property
     def assigned_device(self) -> torch.device:
@@ -82,6 +84,7 @@ class WorkerContext:
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
             device_name=spec.devices[local_rank],
             dist_backend=spec.dist_backend,
+            collective_timeout=spec.collective_timeout,
         )
 
 
@@ -163,9 +166,12 @@ def run(payload: bytes | Job) -> Any:
     ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
     """
     global _current
-    job: Job = payload if isinstance(payload, Job) else pickle.loads(payload)  # fork: inherited
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
     bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
@@ -189,6 +195,7 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
         _write_report(job, ctx, exc)
         _exit_now(exc.code if isinstance(exc.code, int) else 1)
     except BaseException as exc:
+        _diagnosis.without_bootstrap_frames(exc)
         _write_report(job, ctx, exc)
         traceback.print_exception(exc)
         _exit_now(1)
@@ -323,6 +330,8 @@ def _init_process_group(ctx: WorkerContext) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
+    if ctx.collective_timeout is not None:
+        options["timeout"] = datetime.timedelta(seconds=ctx.collective_timeout)
     dist.init_process_group(
         backend=ctx.dist_backend,
         store=_attempt_store(ctx),
@@ -341,39 +350,29 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        ctx.master_addr,
-        ctx.master_port,
-        world_size=ctx.world_size,
-        is_master=not agent_hosts and ctx.rank == 0,
-        wait_for_workers=False,
-    )
+    if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
+        from icelaunch._loopback import worker_store
+
+        store = worker_store(ctx.rank, ctx.master_port, ctx.world_size)
+    else:
+        store = TCPStore(
+            ctx.master_addr,
+            ctx.master_port,
+            world_size=ctx.world_size,
+            is_master=not agent_hosts and ctx.rank == 0,
+            wait_for_workers=False,
+        )
     # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
     # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
     attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
-class _ByValue:
-    """A return value that only cloudpickle can send (e.g. of a class defined in a
-    notebook or ``__main__``); the launcher unpickles it as the value itself."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickle.loads, (self.data,)
-
-
 def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
-    """``value`` ready for torch's return queue: as is when pickle takes it, else by value."""
-    with contextlib.suppress(Exception):
-        pickle.dumps(value)
-        return value
+    """``value`` ready for torch's return queue: classes of ``__main__`` or a notebook
+    by value, large tensors, arrays and bytes through shared memory (``_transfer``)."""
     try:
-        import cloudpickle
-
-        return _ByValue(cloudpickle.dumps(value))
+        return _transfer.as_result(value)
     except Exception as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["stacks"]:  # a script file named stacks runs as `icelaunch ./stacks`
+        from icelaunch._diagnosis._cli import stacks_command
+
+        return stacks_command(argv[1:])
     parser = build_parser()
     try:
         invocation = parse(parser, argv)
@@ -382,6 +387,8 @@ def _command(given: dict[str, Any]) -> tuple[str, ...]:
     if module:
         return (sys.executable, "-u", "-m", script, *args)
     if no_python:
+        if shutil.which(script) is None:
+            raise ValueError(f"program {script!r} not found or not executable (--no-python)")
         return (script, *args)
     if not os.path.isfile(script):
         raise ValueError(f"script {script!r} not found (for a module, use -m {script})")
@@ -407,6 +414,9 @@ def run(invocation: Invocation) -> int:
     except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # e.g. a log_dir that cannot be created
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

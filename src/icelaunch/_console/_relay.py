@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import secrets
+import select
 import selectors
 import socket
 import struct
@@ -231,7 +233,8 @@ class Relay:
         read_end, write_end = _pair(sink, len(prefix.decode(errors="replace")))
         source = screen = None
         if sink is not None:
-            source, screen = Source(prefix, sink.write), self._screens[name]
+            source = Source(prefix, sink.write, functools.partial(_readable, read_end))
+            screen = self._screens[name]
         folder = self._routes.rank_dir(attempt, local_rank)
         log = open(os.path.join(folder, f"{name}.log"), "wb", buffering=0) if folder else None  # noqa: SIM115  (closed with the stream)
         stream = _Stream(read_end, log, source, screen)
@@ -259,12 +262,22 @@ class Relay:
 
     def _drop(self, stream: _Stream) -> None:
         self._streams.discard(stream)
+        if stream.source is not None:
+            stream.source.pending = lambda: False  # the fd number may be reused
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(stream.fd)
         LAUNCHER_FDS.discard(stream.fd)
         os.close(stream.fd)
         if stream.log is not None:
             stream.log.close()
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has bytes to read now (or is at its end)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 def _pair(sink: Sink | None, prefix_width: int) -> tuple[int, int]:

@@ -10,9 +10,14 @@ unmangled:
 - While others wait, a stream shows only up to its last line end (``\\n`` or
   ``\\r``), so lines of different ranks never interleave mid-line.
 - A line left open (a progress bar between redraws, a ``print(..., end="")``)
-  keeps the screen for :data:`HOLD_S` after its last write; then the others'
-  lines go first, on a new line, and the open stream's next output starts with
-  its prefix again. A partial line that waited :data:`HOLD_S` is shown too.
+  keeps the screen while its stream has more to show, and for :data:`HOLD_S`
+  after its last write; then the others' lines go first, on a new line, and
+  the open stream's next output starts with its prefix again. A partial line
+  that waited :data:`HOLD_S` with nothing more to read is shown too.
+
+"More to read" is asked of the stream itself (``Source.pending``), so a relay
+thread starved of CPU on a busy machine does not mistake a long line still
+being written for an idle one.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ Write = Callable[[bytes], None]
 class Source:
     """One worker stream (a rank's stdout or stderr) shown on a screen."""
 
-    def __init__(self, prefix: bytes, write: Write) -> None:
+    def __init__(
+        self, prefix: bytes, write: Write, pending: Callable[[], bool] = lambda: False
+    ) -> None:
         self.prefix = prefix
         self.write = write
+        self.pending = pending  # whether the stream has bytes not read yet
         self.held = bytearray()  # read but not shown yet
         self.state = LINE  # see _text.place_prefixes
         self.open_line = False  # the screen's cursor is on a line this stream began
@@ -88,15 +96,15 @@ class Screen:
     def _turn(self, source: Source, now: float, final: bool) -> bool:
         owner = self.owner
         if owner is not None and owner is not source:
-            if not final and now - owner.last_shown < HOLD_S:
+            if not final and (owner.held or not self._idle(owner, owner.last_shown, now)):
                 return False
             self.end_line()
         contended = any(s is not source for s in self.waiting)
         cut = len(source.held)
         if contended:
             cut = max(source.held.rfind(b"\n"), source.held.rfind(b"\r")) + 1
-            if cut == 0:
-                if not final and now - source.held_since < HOLD_S:
+            if cut == 0 and self.owner is not source:  # the owner may go on with its line
+                if not final and not self._idle(source, source.held_since, now):
                     return False
                 cut = len(source.held)
         data = bytes(source.held[:cut])
@@ -108,6 +116,11 @@ class Screen:
         else:
             self.waiting.remove(source)
         return True
+
+    @staticmethod
+    def _idle(source: Source, since: float, now: float) -> bool:
+        """Whether ``source`` wrote nothing for HOLD_S and has nothing more to read."""
+        return now - since >= HOLD_S and not source.pending()
 
     def _next_deadline(self) -> float | None:
         if not self.waiting:

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _console, _failures, _forkserver, _hints, _ports, _worker
-from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
+from icelaunch._diagnosis import _files, _report
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -61,8 +61,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     console = _console.new_address()
-
     mark = _stop.JobMark.new()
+    sent: list[_transfer.Sent] = []
 
     def target(run_dir: str) -> _Target:
         notify = done_address(run_dir)
@@ -72,10 +72,15 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         )
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
             return _Target(name, _worker.run, (job,), True, mark, console)
-        return _Target(name, _worker.run, (_payload(name, job),), True, mark, console)
+        sent.append(_payload(name, job))
+        return _Target(name, _worker.run, (sent[-1].payload,), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
-    return _launch(spec, target)
+    try:
+        return _launch(spec, target)
+    finally:
+        for each in sent:
+            each.close()
 
 
 def done_address(run_dir: str) -> str:
@@ -86,10 +91,14 @@ def done_address(run_dir: str) -> str:
     return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
 
 
-def _payload(name: str, job: _worker.Job) -> bytes:
-    """The job as bytes; functions from ``__main__``, lambdas and closures go by value."""
+def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value
+    (with their real file names), large tensors, arrays and bytes through shared
+    memory (see ``_transfer``)."""
     try:
-        data: bytes = cloudpickle.dumps(job)
+        data = _transfer.send(job)
+    except _transfer.UnsupportedTransferError:
+        raise
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
@@ -114,6 +123,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
+        os.environ[_files.RUN_DIR_ENV] = run_dir  # where the scripts leave their stacks
         return _Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
@@ -131,6 +141,7 @@ def _script_command(argv: list[str]) -> list[str]:
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    _setup.make_log_dir(spec.log_dir)
     try:
         with (
             _hygiene.job_directory() as job_dir,
@@ -138,6 +149,7 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
             _hygiene.no_torch_temp_files(),
             _hygiene.torch_logs_without_tracebacks(),
         ):
+            _hygiene.respect_ignored_signals()
             return _launch_with_port_retry(spec, target, job_dir)
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
@@ -163,10 +175,11 @@ def _redeliver(sig: signal.Signals) -> None:
 def _launch_with_port_retry(
     spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
 ) -> dict[int, Any]:
-    chosen = spec.master_port is None or spec.standalone
+    fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
+    chosen = fixed is None or spec.standalone
     setup_retries = SETUP_RETRIES if spec.max_nodes == 1 else 0
     for attempt in range(_ports.ATTEMPTS + setup_retries):
-        port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
+        port = _ports.free_port() if chosen or fixed is None else fixed
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
@@ -208,7 +221,7 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             local_world_size=spec.nproc_per_node,
             entrypoint=target.entrypoint,
             args=target.args,
-            rdzv_handler=_ports.create_handler(rdzv_params, port),
+            rdzv_handler=_stores.create_handler(rdzv_params, port, spec.standalone),
             max_restarts=spec.max_restarts,
             monitor_interval=1e-6,  # the agent's own sleep; Agent waits on events instead
             master_addr=master_addr,
@@ -229,6 +242,7 @@ def _run_agent(
 ) -> dict[int, Any]:
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
     relay = _console.Relay(target.console, _logs.routes(spec, logs))
+    watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -238,6 +252,8 @@ def _run_agent(
         start_method=_forkserver.torch_start_method(spec),
         describe=functools.partial(_failures.describe, run_dir),
         mark=target.mark,
+        watch=watch,
+        run_dir=run_dir,
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -248,8 +264,11 @@ def _run_agent(
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
+    except _report.Stopped as stop:
+        raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
     except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
+        _report.print_interrupted(watch)
         raise
     finally:
         if shutdown_rdzv:
@@ -272,8 +291,16 @@ def _failed(
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
     failures = {**agent.own_failures, **result.failures}
-    return _failures.build_error(
-        name, failures, run_dir, agent.attempt, stderr_files, agent.exits, reimports_main
+    return _report.failed_error(
+        name,
+        failures,
+        run_dir,
+        agent.attempt,
+        stderr_files,
+        agent.exits,
+        agent.watch,
+        agent.restarts_used,
+        reimports_main,
     )
 
 

@@ -14,6 +14,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from icelaunch._diagnosis._watch import Watch
 from icelaunch._engine import _procs, _stop
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class Agent(LocalElasticAgent):
         reports_done: bool,
         describe: Describe | None = None,
         mark: _stop.JobMark | None = None,
+        watch: Watch | None = None,
+        run_dir: str = "",
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -98,6 +101,8 @@ class Agent(LocalElasticAgent):
             worker that exits without announcing has failed. Commands just exit.
         describe: how a failed rank is told in the restart warning.
         mark: the environment mark of the launch's processes, for the stop path.
+        watch: time limits and stacks at every stop (icelaunch._diagnosis).
+        run_dir: the launch attempt's run folder, where ranks leave their stacks.
         """
         super().__init__(**kwargs)
         self._listener = listener
@@ -112,18 +117,28 @@ class Agent(LocalElasticAgent):
         #: global rank -> failure, for workers that failed on their own before the last stop
         self.own_failures: dict[int, ProcessFailure] = {}
         self._last_failures: dict[int, ProcessFailure] = {}
+        self._watch = watch
+        self._run_dir = run_dir
+        self._restarting = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
         self._died, self.exits, self.own_failures = {}, {}, {}
+        if self._watch is not None:
+            self._watch.new_attempt()
         started: dict[int, Any] = super()._start_workers(worker_group)
         self._workers = _procs.workers_of(self._pcontext)
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         live = [w.pidfd for w in self._workers if w.local_rank not in self._died]
-        self._listener.wait(live, len(self._workers), self._poll_interval)
+        bound = self._poll_interval
+        if self._watch is not None:
+            bound = self._watch.wait_bound(bound)
+        self._listener.wait(live, len(self._workers), bound)
         self._note_exits()
+        if self._watch is not None:
+            self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
         self._listener.receive()  # a rank that returned, then exited, has reported by now
         failures = self._failures(worker_group, set(self.exits))
         if failures:
@@ -185,6 +200,7 @@ class Agent(LocalElasticAgent):
         """
         if self._workers:
             self._note_exits()
+            self._take_stacks(self._worker_group)  # of the ranks about to be stopped
             died_before = set(self._died)
             sent = _stop.stop_workers(self._workers, death_sig, mark=self._mark)
             self._note_exits()
@@ -195,10 +211,34 @@ class Agent(LocalElasticAgent):
             self._workers = []
         super()._shutdown(death_sig, timeout=0)
 
+    def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
+        """Global rank -> pid of the workers that have neither returned nor died."""
+        return {
+            worker_group.workers[w.local_rank].global_rank: w.pid
+            for w in self._workers
+            if w.local_rank not in self._died and w.local_rank not in self._listener.done
+        }
+
+    def _take_stacks(self, worker_group: WorkerGroup) -> None:
+        """Diagnosis: the stacks of the ranks still running, before they are stopped."""
+        if self._watch is None or worker_group.state == WorkerState.SUCCEEDED:
+            return
+        self._listener.receive()
+        running = sorted(self._running(worker_group))
+        if not running:
+            return
+        self._watch.at_stop(self._run_dir, self.attempt, running, self._listener.done)
+        if self._restarting and self._watch.dumps:
+            logger.warning("where the running ranks were:\n%s", self._watch.grouped())
+
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
             self._announce_restart(worker_group)
-        super()._restart_workers(worker_group)
+        self._restarting = True
+        try:
+            super()._restart_workers(worker_group)
+        finally:
+            self._restarting = False
 
     def _announce_restart(self, worker_group: WorkerGroup) -> None:
         spec = worker_group.spec
@@ -208,6 +248,16 @@ class Agent(LocalElasticAgent):
             if self._describe is not None:
                 text = self._describe(self.attempt, rank, failure)
             logger.warning("%s; restarting the workers (restart %s/%s)", text, k, spec.max_restarts)
+
+    @property
+    def restarts_used(self) -> int:
+        """Restarts spent on failed attempts so far."""
+        return int(self._worker_group.spec.max_restarts - self._remaining_restarts)
+
+    @property
+    def watch(self) -> Watch | None:
+        """Time limits, memory and the stacks of the last stop."""
+        return self._watch
 
     @property
     def attempt(self) -> int:

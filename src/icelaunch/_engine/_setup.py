@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -12,6 +13,23 @@ from icelaunch._spec import LaunchSpec
 
 DEFAULT_RDZV_TIMEOUT_S = 900
 DEFAULT_RDZV_ID = "none"  # the seed's default: no id given
+
+
+def make_log_dir(log_dir: str | None) -> None:
+    """Create ``log_dir`` now, so that a bad one is one clear error, not torch's traceback.
+
+    Raises:
+        ValueError: the folder cannot be created (the message names it and why).
+    """
+    if log_dir is None:
+        return
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"invalid log_dir {log_dir!r}: cannot create it ({exc.strerror}); give a folder "
+            f"this user can create, e.g. log_dir='/tmp/icelaunch-logs'"
+        ) from exc
 
 
 def std_maps(spec: LaunchSpec) -> tuple[dict[int, Std], dict[int, Std]]:

@@ -44,10 +44,10 @@ def stop_workers(
 ) -> set[int]:
     """Stop ``workers`` and every process they started; return when all are gone (bounded).
 
-    Diagnosis hook: stacks are taken here before stopping. This is the only place
-    where a worker group is stopped (failure, restart, Ctrl-C, SIGTERM, and after
-    success for what workers left behind), so a call added at the top of this
-    function sees every rank that is still running.
+    This is the only place where a worker group is stopped (failure, restart,
+    Ctrl-C, SIGTERM, a time limit, and after success for what workers left
+    behind); its caller, ``Agent._shutdown``, takes the stacks of the ranks still
+    running just before (icelaunch._diagnosis).
 
     Args:
         workers: the group's worker processes, running or not.
