@@ -162,8 +162,8 @@ class LaunchTimeoutError(WorkerFailedError, TimeoutError):
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        reduced = super().__reduce__()
-        return (type(self), (*reduced[1], self.reason, self.why))
+        args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
+        return (type(self), (*args, self.stacks, self.reason, self.why))
 
 
 def _diagnosis_view(stacks: dict[int, str]) -> str:
