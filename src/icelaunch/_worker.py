@@ -304,7 +304,7 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
                 _user_group.prefix_env_rendezvous(ctx.restart_count)
             _mark_started(job, ctx)
             result = job.fn(*job.args)
-            return _sendable(job.fn, ctx, result, inherited=job.spec.start_method == "fork")
+            return _sendable(job.fn, ctx, result)
         return None  # the function called sys.exit(0)
     finally:
         if dist.is_initialized():
@@ -368,19 +368,9 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
-def _sendable(
-    fn: Callable[..., Any], ctx: WorkerContext, value: Any, inherited: bool = False
-) -> Any:
+def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
     """``value`` ready for torch's return queue: classes of ``__main__`` or a notebook
-    by value, large tensors, arrays and bytes through shared memory (``_transfer``).
-
-    A forked worker (``inherited``) shares the launcher's classes: what pickles by
-    reference goes as is, so the launcher gets instances of its own classes back.
-    """
-    if inherited:
-        with contextlib.suppress(Exception):
-            pickle.dumps(value)
-            return value
+    by value, large tensors, arrays and bytes through shared memory (``_transfer``)."""
     try:
         return _transfer.as_result(value)
     except Exception as exc:
