@@ -58,6 +58,21 @@ def test_every_torchrun_option_is_accepted_or_refused_with_a_reason(
             parse([_long_flag(action), "x", str(script)])
 
 
+def test_accepted_and_refused_are_exactly_torchruns_options() -> None:
+    dests = {a.dest for a in TORCHRUN_OPTIONS}
+    assert set(_torchrun.ACCEPTED) | set(_torchrun.REFUSED) == dests
+    assert not set(_torchrun.ACCEPTED) & set(_torchrun.REFUSED)
+    ours = {a.dest for a in cli.build_parser()._actions}
+    assert {_torchrun.RENAMED.get(d, d) for d in _torchrun.ACCEPTED} <= ours
+
+
+def test_only_torchruns_own_variables_are_read(script: Path, no_pet: pytest.MonkeyPatch) -> None:
+    no_pet.setenv("PET_DEVICES", "cpu:0-3")  # no torchrun option: not read
+    no_pet.setenv("PET_OMP_NUM_THREADS", "4")
+    spec = parse([str(script)]).spec
+    assert spec.omp_num_threads == 1 and len(spec.devices) == 1
+
+
 @pytest.mark.parametrize("action", TORCHRUN_OPTIONS, ids=_long_flag)
 def test_the_readme_table_lists_every_torchrun_option(action: object) -> None:
     table = (ROOT / "README.md").read_text().split("| torchrun | icelaunch |", 1)[1]

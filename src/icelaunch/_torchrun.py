@@ -13,6 +13,32 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
+# torchrun's options that the command takes with the same meaning (torchrun's dests).
+ACCEPTED = (
+    "nnodes",
+    "nproc_per_node",
+    "rdzv_backend",
+    "rdzv_endpoint",
+    "rdzv_id",
+    "rdzv_conf",
+    "standalone",
+    "max_restarts",
+    "monitor_interval",
+    "start_method",
+    "role",
+    "module",
+    "no_python",
+    "run_path",
+    "log_dir",
+    "redirects",
+    "tee",
+    "local_ranks_filter",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "local_addr",
+    "signals_to_handle",
+)
 # torchrun's dest -> the command's dest, where they differ.
 RENAMED = {"rdzv_conf": "rdzv_configs"}
 # torchrun's store-true options; ``PET_X=1`` turns them on, ``PET_X=0`` off.

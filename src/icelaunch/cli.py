@@ -336,8 +336,8 @@ def _env_options(given: dict[str, Any]) -> dict[str, Any]:
     by_cluster = {f.param for f in _cluster.TORCHRUN_FIELDS}
     accepted = {
         t: _torchrun.RENAMED.get(t, t)
-        for t in (*params, *_torchrun.COMMAND_ONLY, "rdzv_conf")
-        if t not in by_cluster and _torchrun.RENAMED.get(t, t) not in by_cluster
+        for t in _torchrun.ACCEPTED
+        if _torchrun.RENAMED.get(t, t) not in by_cluster
     }
     if "devices" in given:
         accepted.pop("nproc_per_node", None)  # an explicit --devices wins
