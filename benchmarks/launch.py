@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="1,4,8")
     parser.add_argument("--scaling", type=int, default=16, help="also time this many (0: skip)")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--no-interactive", dest="interactive", action="store_false")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     began = time.time()
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json_path:
         with open(args.json_path, "w") as fh:
             json.dump(result, fh, indent=1)
+    if args.interactive:  # warm relaunch vs the floor, large data, cold start
+        sys.path.insert(0, HERE)
+        import interactive
+
+        interactive.main(["--repeats", str(args.repeats)])
     return result
 
 
