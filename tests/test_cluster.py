@@ -28,12 +28,21 @@ ALL_VARIABLES = (
     "PET_NODE_RANK",
     "PET_MASTER_ADDR",
     "PET_MASTER_PORT",
+    "PET_RDZV_BACKEND",
+    "PET_RDZV_ENDPOINT",
+    "PET_RDZV_ID",
+    "PET_RDZV_CONF",
+    "SLURM_STEP_ID",
+    "SLURM_STEPID",
+    "SLURM_STEP_NUM_NODES",
+    "SLURM_STEP_NODELIST",
     "LOCAL_RANK",
     "TORCHELASTIC_RUN_ID",
 )
 
 SLURM = {
     "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
     "SLURM_NNODES": "3",
     "SLURM_NODEID": "2",
     "SLURM_JOB_NODELIST": "gpu[07-09]",
@@ -109,6 +118,7 @@ DETECTED: list[tuple[str, dict[str, str], set[str], dict[str, Any]]] = [
         "slurm aliases",
         {
             "SLURM_JOB_ID": "7",
+            "SLURM_STEPID": "3",
             "SLURM_JOB_NUM_NODES": "2",
             "SLURM_NODEID": "0",
             "SLURM_NODELIST": "a[1-2],b3",
@@ -129,6 +139,18 @@ DETECTED: list[tuple[str, dict[str, str], set[str], dict[str, Any]]] = [
         {},
     ),
     (
+        "slurm batch script or salloc shell (no SLURM_STEP_ID) is ignored",
+        {k: v for k, v in SLURM.items() if k != "SLURM_STEP_ID"},
+        set(),
+        {},
+    ),
+    (
+        "a step on some of the job's nodes counts the step's nodes",
+        {**SLURM, "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "gpu[08-09]"},
+        set(),
+        {"nnodes": "2", "master_addr": "gpu08"},
+    ),
+    (
         "explicit arguments win over slurm",
         SLURM,
         {"nnodes", "master_addr", "rdzv_id"},
@@ -136,46 +158,80 @@ DETECTED: list[tuple[str, dict[str, str], set[str], dict[str, Any]]] = [
     ),
     (
         "torchrun style",
-        {"MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "29500", "NNODES": "4", "NODE_RANK": "3"},
+        {
+            "PET_MASTER_ADDR": "10.1.1.1",
+            "PET_MASTER_PORT": "29500",
+            "PET_NNODES": "4",
+            "PET_NODE_RANK": "3",
+        },
         set(),
         {"nnodes": "4", "node_rank": 3, "master_addr": "10.1.1.1", "master_port": 29500},
     ),
-    ("WORLD_SIZE as the node count", {"WORLD_SIZE": "2"}, set(), {"nnodes": "2"}),
-    ("NNODES beats WORLD_SIZE", {"WORLD_SIZE": "8", "NNODES": "2"}, set(), {"nnodes": "2"}),
-    ("elastic NNODES", {"NNODES": "1:4"}, set(), {"nnodes": "1:4"}),
     (
-        "torchrun's own PET_ variables beat the plain ones",
+        "plain variables are never read (torchrun ignores them too)",
+        {
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "1",
+            "NNODES": "2",
+            "NODE_RANK": "1",
+        },
+        set(),
+        {},
+    ),
+    ("elastic PET_NNODES", {"PET_NNODES": "1:4"}, set(), {"nnodes": "1:4"}),
+    (
+        "torchrun's own PET_ variables are read, the plain ones not",
         {"PET_NNODES": "2", "NNODES": "5", "PET_MASTER_ADDR": "h0", "MASTER_ADDR": "h9"},
         set(),
         {"nnodes": "2", "master_addr": "h0"},
     ),
     (
+        "an elastic PyTorchJob's rendezvous",
+        {
+            "PET_NNODES": "1:3",
+            "PET_RDZV_BACKEND": "c10d",
+            "PET_RDZV_ENDPOINT": "job-0:29400",
+            "PET_RDZV_ID": "exp",
+            "PET_RDZV_CONF": "timeout=60",
+        },
+        set(),
+        {
+            "nnodes": "1:3",
+            "rdzv_backend": "c10d",
+            "rdzv_endpoint": "job-0:29400",
+            "rdzv_id": "exp",
+            "rdzv_configs": "timeout=60",
+        },
+    ),
+    ("an empty PET_RDZV_CONF is no setting", {"PET_RDZV_CONF": ""}, set(), {}),
+    (
         "torchrun style wins over slurm",
-        {**SLURM, "MASTER_ADDR": "head", "MASTER_PORT": "29400"},
+        {**SLURM, "PET_MASTER_ADDR": "head", "PET_MASTER_PORT": "29400"},
         set(),
         {"master_addr": "head", "master_port": 29400, "nnodes": "3", "node_rank": 2},
     ),
     (
         "explicit arguments win over torchrun style",
-        {"MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "29500"},
+        {"PET_MASTER_ADDR": "10.1.1.1", "PET_MASTER_PORT": "29500"},
         {"master_port"},
         {"master_addr": "10.1.1.1"},
     ),
     (
         "inside a worker nothing is detected",
-        {**SLURM, "MASTER_ADDR": "a", "WORLD_SIZE": "4", "LOCAL_RANK": "0"},
+        {**SLURM, "PET_MASTER_ADDR": "a", "PET_NNODES": "4", "LOCAL_RANK": "0"},
         set(),
         {},
     ),
     (
         "inside an elastic worker nothing is detected",
-        {"MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"},
+        {"PET_MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"},
         set(),
         {},
     ),
     (
         "a bad variable that is not needed is not read",
-        {"MASTER_PORT": "nope", "NODE_RANK": "1"},
+        {"PET_MASTER_PORT": "nope", "PET_NODE_RANK": "1"},
         {"master_port"},
         {"node_rank": 1},
     ),
@@ -196,12 +252,12 @@ def test_detect(env: dict[str, str], given: set[str], expected: dict[str, Any]) 
 
 
 BAD_VARIABLES = [
-    ({"MASTER_PORT": "http"}, "MASTER_PORT='http': must be a TCP port"),
-    ({"MASTER_PORT": "70000"}, "MASTER_PORT='70000': must be a TCP port 1-65535"),
-    ({"NODE_RANK": "-1"}, "NODE_RANK='-1': must be an integer >= 0"),
-    ({"NNODES": "two"}, "NNODES='two': must be a node count N or MIN:MAX"),
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': must be a node count"),
-    ({"MASTER_ADDR": " "}, "MASTER_ADDR=' ': must not be empty"),
+    ({"PET_MASTER_PORT": "http"}, "PET_MASTER_PORT='http': must be a TCP port"),
+    ({"PET_MASTER_PORT": "70000"}, "PET_MASTER_PORT='70000': must be a TCP port 1-65535"),
+    ({"PET_NODE_RANK": "-1"}, "PET_NODE_RANK='-1': must be an integer >= 0"),
+    ({"PET_NNODES": "two"}, "PET_NNODES='two': must be a node count N or MIN:MAX"),
+    ({"PET_NNODES": "0"}, "PET_NNODES='0': must be a node count"),
+    ({"PET_MASTER_ADDR": " "}, "PET_MASTER_ADDR=' ': must not be empty"),
     ({**SLURM, "SLURM_JOB_NODELIST": "n[2-1]"}, "SLURM_JOB_NODELIST='n\\[2-1\\]': .*downwards"),
     ({**SLURM, "SLURM_NODEID": "x"}, "SLURM_NODEID='x': must be an integer"),
 ]
@@ -227,6 +283,34 @@ def test_fill_logs_what_it_found(caplog: pytest.LogCaptureFixture) -> None:
     assert "explicit arguments kept: node_rank" in message
 
 
+def test_fill_warns_when_the_environment_makes_a_launch_multi_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"PET_NNODES": "2", "PET_MASTER_ADDR": "10.0.0.1"}
+    with caplog.at_level(logging.INFO, logger="icelaunch._cluster"):
+        fill({"nnodes": "1:1"}, set(), env)
+        fill({"nnodes": "1:1"}, set(), {"PET_NNODES": "1", "PET_MASTER_ADDR": "10.0.0.1"})
+    multi, single = caplog.records
+    assert multi.levelno == logging.WARNING
+    assert "PET_NNODES" in multi.getMessage() and "PET_MASTER_ADDR" in multi.getMessage()
+    assert "waits for the other nodes" in multi.getMessage()
+    assert single.levelno == logging.INFO
+
+
+def test_stray_plain_variables_do_not_change_a_launch(clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "10.9.9.9",
+        "MASTER_PORT": "29999",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+    }.items():
+        clean_env.setenv(name, value)
+    spec = ElasticLauncher("cpu").freeze().spec
+    assert (spec.min_nodes, spec.max_nodes, spec.node_rank) == (1, 1, 0)
+    assert (spec.master_addr, spec.master_port) == ("127.0.0.1", None)
+
+
 def test_fill_without_environment_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="icelaunch._cluster"):
         assert fill({"nnodes": "1:1"}, set(), {"PATH": "/bin"}) == {"nnodes": "1:1"}
@@ -244,10 +328,10 @@ def test_freeze_fills_defaults_from_slurm(clean_env: pytest.MonkeyPatch) -> None
 
 
 def test_freeze_keeps_explicit_arguments(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("MASTER_ADDR", "10.9.9.9")
-    clean_env.setenv("MASTER_PORT", "29999")
-    clean_env.setenv("NNODES", "2")
-    clean_env.setenv("NODE_RANK", "1")
+    clean_env.setenv("PET_MASTER_ADDR", "10.9.9.9")
+    clean_env.setenv("PET_MASTER_PORT", "29999")
+    clean_env.setenv("PET_NNODES", "2")
+    clean_env.setenv("PET_NODE_RANK", "1")
     launcher = ElasticLauncher("cpu", nnodes="1", master_port=None, node_rank=0)
     spec = launcher.freeze().spec
     assert (spec.max_nodes, spec.node_rank, spec.master_port) == (1, 0, None)
@@ -262,7 +346,7 @@ def test_freeze_without_cluster_environment_keeps_defaults(clean_env: pytest.Mon
 
 
 def test_freeze_reports_a_bad_variable(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("NODE_RANK", "first")
-    with pytest.raises(ValueError, match="invalid environment variable NODE_RANK='first'"):
+    clean_env.setenv("PET_NODE_RANK", "first")
+    with pytest.raises(ValueError, match="invalid environment variable PET_NODE_RANK='first'"):
         ElasticLauncher("cpu").freeze()
     ElasticLauncher("cpu", node_rank=0).freeze()  # the explicit argument needs no variable

@@ -97,7 +97,7 @@ def test_properties_inside_workers(monkeypatch: pytest.MonkeyPatch) -> None:
         assert v["master_addr"] == "127.0.0.1"
         assert 16894 <= v["master_port"] <= 17194  # the seed's range for master_port=None
         assert (v["restart_count"], v["max_restarts"]) == (0, 0)
-        assert v["rdzv_id"] == "none"
+        assert len(v["rdzv_id"]) == 32 and v["rdzv_id"] == results[0]["rdzv_id"]  # fresh id
         assert v["dist_backend"] == "gloo" and v["pg_backend"] == "gloo"
         assert v["assigned_device"] == torch.device("cpu")
         assert v["devices"] == [torch.device("cpu")] * 3

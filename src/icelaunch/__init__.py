@@ -29,7 +29,7 @@ from icelaunch._errors import (
 
 if TYPE_CHECKING:
     from icelaunch._devices import parse_devices
-    from icelaunch._failures import WorkerFailedError
+    from icelaunch._failures import LaunchTimeoutError, WorkerFailedError
     from icelaunch._launcher import ElasticLauncher
     from icelaunch._worker import current, init_process_group
 
@@ -39,6 +39,7 @@ __all__ = [
     "ElasticLauncher",
     "FrozenError",
     "LaunchInterruptedError",
+    "LaunchTimeoutError",
     "NotFrozenError",
     "NotInWorkerError",
     "RendezvousClosedError",
@@ -79,6 +80,7 @@ def warm_up() -> None:
 _LAZY = {
     "ElasticLauncher": "icelaunch._launcher",
     "WorkerFailedError": "icelaunch._failures",
+    "LaunchTimeoutError": "icelaunch._failures",
     "current": "icelaunch._worker",
     "init_process_group": "icelaunch._worker",
     "parse_devices": "icelaunch._devices",

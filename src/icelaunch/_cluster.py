@@ -1,14 +1,20 @@
 """Cluster environments: fill arguments left at their defaults from SLURM or torchrun variables.
 
-Pure data: the environment is read, never written. Explicit arguments always
-win; torchrun-style variables (``MASTER_ADDR``, ...) win over values derived
-from SLURM's; inside a worker (``LOCAL_RANK`` or ``TORCHELASTIC_RUN_ID`` set)
-nothing is detected, since those variables then describe the worker, not the node.
+Pure data: the environment is read, never written. Only what torchrun itself
+reads counts: its options' environment forms (``PET_NNODES``, ...), which win
+over values derived from SLURM's, and SLURM's only inside a job step (``srun``).
+Plain ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``NNODES`` and
+``NODE_RANK`` are never read: left over in a shell, a notebook server or a
+parent launcher, they must not change a launch. Inside a worker (``LOCAL_RANK``
+or ``TORCHELASTIC_RUN_ID`` set) nothing is detected, since those variables then
+describe the worker, not the node.
 
 >>> expand_nodelist("node[01-03,07]")
 ['node01', 'node02', 'node03', 'node07']
->>> fill({}, set(), {"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "1", "NNODES": "2"})
+>>> fill({}, set(), {"PET_MASTER_ADDR": "10.0.0.1", "PET_NODE_RANK": "1", "PET_NNODES": "2"})
 {'nnodes': '2', 'node_rank': 1, 'master_addr': '10.0.0.1'}
+>>> fill({}, set(), {"WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1"})
+{}
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ def _text(env: Mapping[str, str], name: str) -> str:
     if not text:
         raise _bad_variable(name, env[name], "must not be empty", "10.0.0.1")
     return text
+
+
+def _optional_text(env: Mapping[str, str], name: str) -> str | None:
+    return env[name].strip() or None
 
 
 def _count(env: Mapping[str, str], name: str) -> int:
@@ -94,9 +104,16 @@ class _Field:
     parse: _Parse
 
 
-_SLURM_NNODES = ("SLURM_NNODES", "SLURM_JOB_NUM_NODES")
-_SLURM_NODELIST = ("SLURM_JOB_NODELIST", "SLURM_NODELIST")
-_SLURM_REQUIRED = (("SLURM_JOB_ID",), _SLURM_NNODES, ("SLURM_NODEID",), _SLURM_NODELIST)
+_SLURM_NNODES = ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+_SLURM_NODELIST = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+_SLURM_STEP = ("SLURM_STEP_ID", "SLURM_STEPID")  # set by srun, not in a batch script or salloc
+_SLURM_REQUIRED = (
+    ("SLURM_JOB_ID",),
+    _SLURM_STEP,
+    _SLURM_NNODES,
+    ("SLURM_NODEID",),
+    _SLURM_NODELIST,
+)
 
 SLURM_FIELDS = (
     _Field("nnodes", _SLURM_NNODES, _nnodes),
@@ -105,12 +122,17 @@ SLURM_FIELDS = (
     _Field("master_port", ("SLURM_JOB_ID",), _slurm_port),
     _Field("rdzv_id", ("SLURM_JOB_ID",), _text),
 )
-# PET_* are the variables torchrun itself reads as defaults of its options.
+# PET_* are the variables torchrun itself reads as defaults of its options (Kubeflow's
+# PyTorchJob sets them); only those that place this node in a job are read here.
 TORCHRUN_FIELDS = (
-    _Field("nnodes", ("PET_NNODES", "NNODES", "WORLD_SIZE"), _nnodes),
-    _Field("node_rank", ("PET_NODE_RANK", "NODE_RANK"), _count),
-    _Field("master_addr", ("PET_MASTER_ADDR", "MASTER_ADDR"), _text),
-    _Field("master_port", ("PET_MASTER_PORT", "MASTER_PORT"), _port),
+    _Field("nnodes", ("PET_NNODES",), _nnodes),
+    _Field("node_rank", ("PET_NODE_RANK",), _count),
+    _Field("master_addr", ("PET_MASTER_ADDR",), _text),
+    _Field("master_port", ("PET_MASTER_PORT",), _port),
+    _Field("rdzv_backend", ("PET_RDZV_BACKEND",), _optional_text),
+    _Field("rdzv_endpoint", ("PET_RDZV_ENDPOINT",), _optional_text),
+    _Field("rdzv_id", ("PET_RDZV_ID",), _optional_text),
+    _Field("rdzv_configs", ("PET_RDZV_CONF",), _optional_text),
 )
 
 
@@ -160,12 +182,15 @@ def fill(
     """
     found = detect(env, given)
     if found:
-        where = f"SLURM job {env['SLURM_JOB_ID']}" if _in_slurm_step(env) else "torchrun-style"
+        where = f"SLURM job {env['SLURM_JOB_ID']}" if _in_slurm_step(env) else "torchrun (PET_*)"
         shown = ", ".join(f"{p}={v!r} (from {var})" for p, (var, v) in found.items())
         kept = sorted(set(given) & {f.param for f in SLURM_FIELDS + TORCHRUN_FIELDS})
-        logger.info(
-            "icelaunch: %s environment detected: %s%s",
+        multi_node = "nnodes" in found and parse_nnodes(found["nnodes"][1])[1] > 1
+        logger.log(
+            logging.WARNING if multi_node else logging.INFO,
+            "icelaunch: %s environment detected%s: %s%s",
             where,
+            "; this launch waits for the other nodes" if multi_node else "",
             shown,
             f"; explicit arguments kept: {', '.join(kept)}" if kept else "",
         )

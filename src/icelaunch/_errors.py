@@ -14,6 +14,7 @@
     │   ├── RendezvousClosedError        the rendezvous of this rdzv_id is closed (a finished run)
     │   └── ChildFailedError (torch)
     │       └── WorkerFailedError        workers of a launch failed (defined in _failures.py)
+    │           └── LaunchTimeoutError   timeout passed or the job hung (also a TimeoutError)
     └── ValueError                       bad launch arguments (raised as plain ValueError)
 
 ``AttributeError`` is also raised (as ``NotFrozenError``) for attributes read

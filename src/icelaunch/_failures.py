@@ -14,10 +14,17 @@ from icelaunch._worker import report_path, started_path
 
 _STDERR_TAIL_LINES = 20
 _NO_TRACEBACK = (
+    "(no traceback: the process ended without a Python exception; its own output, above, says why)"
+)
+_NO_TRACEBACK_REIMPORT = (
     "(no traceback from the launched function: the process ended before it could "
     "start or without raising; its own output, above, says why. A script that "
     'launches must do so under `if __name__ == "__main__":`, since workers '
     "import it again)"
+)
+_STOPPED = (
+    "(no traceback: the process was stopped with SIGTERM, by the launcher once another "
+    "worker had failed, or from outside, e.g. by a scheduler or `kill`)"
 )
 
 
@@ -34,6 +41,7 @@ class RankFailure:
     traceback: str
     stderr_tail: str = ""
     time: float = 0.0
+    no_traceback_hint: str = _NO_TRACEBACK
 
     def summary(self) -> str:
         """One line: rank, exit status and the error."""
@@ -56,11 +64,19 @@ class WorkerFailedError(ChildFailedError):
         details: dict[int, RankFailure],
         exceptions: dict[int, BaseException],
         before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
+        restarts: int = 0,
     ) -> None:
         self.details = dict(sorted(details.items(), key=_failure_order))
         self.exceptions = exceptions
         #: no worker of this node got as far as calling the launched function
         self.before_user_code = before_user_code
+        #: how many restarts were used up before this last, failed attempt
+        self.restarts = restarts
+        #: global rank -> Python stack (all threads) of each rank still running when
+        #: icelaunch stopped it, taken just before
+        self.stacks = dict(stacks or {})
+        self._grouped = _diagnosis_view(self.stacks)
         super().__init__(name, failures)
 
     @property
@@ -87,7 +103,8 @@ class WorkerFailedError(ChildFailedError):
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """The readable report: a summary line per rank, then each traceback."""
-        lines = [f"{len(self.details)} worker(s) of {self.name} failed, first to last:"]
+        used = f" (after {self.restarts} restart(s): max_restarts used up)" if self.restarts else ""
+        lines = [f"{len(self.details)} worker(s) of {self.name} failed{used}, first to last:"]
         lines += [f"  {d.summary()}" for d in self.details.values()]
         for d in self.details.values():
             lines.append(f"\n{section_delim * 20} rank {d.rank} {section_delim * 20}")
@@ -95,19 +112,94 @@ class WorkerFailedError(ChildFailedError):
                 lines.append(d.traceback.rstrip())
             elif d.stderr_tail:
                 lines.append(f"last stderr lines:\n{d.stderr_tail.rstrip()}")
+            elif d.rank in self.stacks:
+                lines.append("(stopped by icelaunch while running: its stack is below)")
             else:
-                lines.append(_NO_TRACEBACK)
+                lines.append(d.no_traceback_hint)
+        if self._grouped:
+            lines.append(f"\nwhere the running ranks were when they were stopped:\n{self._grouped}")
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        args = (self.name, self.failures, self.details, self.exceptions, self.before_user_code)
+        args = (
+            self.name,
+            self.failures,
+            self.details,
+            self.exceptions,
+            self.before_user_code,
+            self.stacks,
+            self.restarts,
+        )
         return (type(self), args)
 
 
+class LaunchTimeoutError(WorkerFailedError, TimeoutError):
+    """The launch passed its ``timeout``, or was judged hung (``hang_timeout``).
+
+    The message says which and why, with the grouped stacks of the ranks;
+    ``stacks`` holds each rank's stack, ``reason`` is ``"timeout"`` or ``"hang"``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failures: dict[int, ProcessFailure],
+        details: dict[int, RankFailure],
+        exceptions: dict[int, BaseException],
+        before_user_code: bool = False,
+        stacks: dict[int, str] | None = None,
+        reason: str = "timeout",
+        why: str = "",
+    ) -> None:
+        self.reason = reason
+        self.why = why
+        super().__init__(name, failures, details, exceptions, before_user_code, stacks)
+
+    def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
+        """Why the launch was stopped, then where every rank was."""
+        lines = [f"{self.name} was stopped: {self.why}; all of its workers were stopped."]
+        lines.append(f"where the ranks were:\n{self._grouped or '(no rank answered)'}")
+        return "\n".join(lines)
+
+    def __reduce__(self) -> Any:
+        reduced = super().__reduce__()
+        return (type(self), (*reduced[1], self.reason, self.why))
+
+
+def _diagnosis_view(stacks: dict[int, str]) -> str:
+    """The grouped view of ``stacks`` (stack text by rank), ranks with one stack shown once."""
+    from icelaunch._diagnosis import _format
+
+    return _format.group_texts(stacks)
+
+
 def _failure_order(item: tuple[int, RankFailure]) -> tuple[bool, float, int]:
-    """Root causes first: ranks the agent stopped with SIGTERM are collateral."""
+    """Root causes first, then by the time each rank failed.
+
+    Collateral failures never come first: a rank an agent stopped (SIGTERM without
+    an exception of its own), or one whose connection to a peer broke because that
+    peer had died (gloo's "Connection reset by peer", ...).
+    """
     rank, detail = item
-    return (detail.signal_name == "SIGTERM" and detail.exc_type is None, detail.time, rank)
+    return (is_collateral(detail), detail.time, rank)
+
+
+_COLLATERAL_SIGNS = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Connection refused",
+    "Broken pipe",
+    "Connection aborted",
+    "Software caused connection abort",
+    "Socket closed",
+)
+
+
+def is_collateral(detail: RankFailure) -> bool:
+    """Whether ``detail`` looks like the consequence of another rank's failure."""
+    if detail.signal_name == "SIGTERM" and detail.exc_type is None:
+        return True  # stopped by an agent
+    return any(sign in detail.message for sign in _COLLATERAL_SIGNS)
 
 
 def _signal_name(exitcode: int) -> str | None:
@@ -158,15 +250,24 @@ def build_error(
     report_dir: str,
     restart_count: int,
     stderr_files: dict[int, str],
+    exits: dict[int, tuple[int, float]] | None = None,
+    restarts_used: int = 0,
+    reimports_main: bool = False,
 ) -> WorkerFailedError:
     """Merge torch's per-rank failures with the reports our workers wrote.
 
     Args:
         name: what was launched (the function's name).
-        failures: torch's failures by global rank.
+        failures: the failed ranks the agent saw, by global rank.
         report_dir: where workers wrote their reports.
         restart_count: the attempt whose reports to read.
         stderr_files: local rank -> stderr log file, for processes that died silently.
+        exits: local rank -> (true exit status, when it was seen), for every worker
+            that ended, including those the launcher stopped.
+        restarts_used: restarts spent on failures before this attempt (all of them).
+        reimports_main: workers import the launcher's main module again (a function
+            launched with spawn or forkserver), so a missing main guard can explain a
+            silent failure.
     """
     details: dict[int, RankFailure] = {}
     exceptions: dict[int, BaseException] = {}
@@ -178,29 +279,71 @@ def build_error(
         exc = _unpickle(report.get("exception"))
         if exc is not None:
             exceptions[rank] = exc
-        tail = "" if report else _tail(stderr_files.get(failure.local_rank))
-        details[rank] = RankFailure(
-            rank=rank,
-            local_rank=failure.local_rank,
-            exitcode=failure.exitcode,
-            signal_name=_signal_name(failure.exitcode),
-            exc_type=report.get("exc_type"),
-            message=report.get("message") or _message(failure, tail),
-            traceback=report.get("traceback", ""),
-            stderr_tail=tail,
-            time=report.get("time", failure.timestamp),
-        )
+        details[rank] = _detail(rank, failure, report, stderr_files, exits or {}, reimports_main)
     started_prefix = os.path.basename(started_path(report_dir, restart_count, 0))[:-1]
     started = any(n.startswith(started_prefix) for n in os.listdir(report_dir))
-    return WorkerFailedError(name, failures, details, exceptions, before_user_code=not started)
+    return WorkerFailedError(
+        name, failures, details, exceptions, before_user_code=not started, restarts=restarts_used
+    )
 
 
-def _message(failure: ProcessFailure, stderr_tail: str) -> str:
+def _detail(
+    rank: int,
+    failure: ProcessFailure,
+    report: dict[str, Any],
+    stderr_files: dict[int, str],
+    exits: dict[int, tuple[int, float]],
+    reimports_main: bool = False,
+) -> RankFailure:
+    """One rank's failure from what the agent saw, our report, and torch's error file."""
+    code, seen = exits.get(failure.local_rank, (failure.exitcode, float(failure.timestamp)))
+    if failure.pid != -1:
+        code, seen = failure.exitcode, float(failure.timestamp)  # seen when it failed
+    torch_message, torch_traceback = _error_file(failure)
+    tail = "" if report or torch_traceback else _tail(stderr_files.get(failure.local_rank))
+    return RankFailure(
+        rank=rank,
+        local_rank=failure.local_rank,
+        exitcode=code,
+        signal_name=_signal_name(code),
+        exc_type=report.get("exc_type"),
+        message=report.get("message") or _message(torch_message, code, tail),
+        traceback=report.get("traceback") or torch_traceback,
+        stderr_tail=tail,
+        time=float(report.get("time", seen)),
+        no_traceback_hint=_no_traceback_hint(code, reimports_main),
+    )
+
+
+def _error_file(failure: ProcessFailure) -> tuple[str, str]:
+    """(message, traceback) from torch's failure record, whose message may be the
+    error file's dict (written by torch's ``@record``)."""
+    message: Any = failure.message
+    if isinstance(message, dict):
+        extra = message.get("extraInfo") or {}
+        return str(message.get("message", "")), str(extra.get("py_callstack") or "")
+    return str(message or ""), ""
+
+
+def _no_traceback_hint(exitcode: int, reimports_main: bool) -> str:
+    """What to say for a rank with neither a traceback nor stderr output."""
+    if exitcode == -signal.SIGTERM:
+        return _STOPPED
+    return _NO_TRACEBACK_REIMPORT if reimports_main else _NO_TRACEBACK
+
+
+def _message(message: str, exitcode: int, stderr_tail: str) -> str:
     """torch's message, unless it is only its hint about @record: then the last stderr line."""
-    if not failure.message.startswith("To enable traceback"):
-        return str(failure.message)
+    if message and not message.startswith("To enable traceback"):
+        return message
     lines = [line for line in stderr_tail.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"exited with code {failure.exitcode}"
+    return lines[-1].strip() if lines else f"exited with code {exitcode}"
+
+
+def describe(report_dir: str, attempt: int, rank: int, failure: ProcessFailure) -> str:
+    """One line for a failed rank of ``attempt``: status, exception type and message."""
+    report = _read_reports(report_dir, attempt).get(rank, {})
+    return _detail(rank, failure, report, {}, {}).summary()
 
 
 def _reported_failure(report: dict[str, Any]) -> ProcessFailure:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.forkserver
+import os
+import shutil
+import tempfile
+from multiprocessing import process, util
 
 from icelaunch._spec import LaunchSpec
 
@@ -33,4 +37,29 @@ def warm_up(spec: LaunchSpec | None = None) -> None:
         return
     if spec is None or spec.warm_start:
         multiprocessing.set_forkserver_preload(PRELOAD)
+    _short_socket_folder()
     multiprocessing.forkserver.ensure_running()
+
+
+_SUN_PATH_MAX = 107  # bytes of an AF_UNIX path, without the final NUL
+_SHORT_FOLDERS = ("/tmp", "/dev/shm", "/var/tmp")
+
+
+def _short_socket_folder() -> None:
+    """Give multiprocessing a temp folder short enough for its fork server's socket.
+
+    The fork server listens on ``<tempdir>/pymp-XXXXXXXX/listener-XXXXXXXX``; with a
+    TMPDIR longer than about 72 characters that path is too long for AF_UNIX. Then
+    this process's multiprocessing folder goes to a short system folder instead
+    (removed at exit, like multiprocessing's own).
+    """
+    config = process.current_process()._config  # type: ignore[attr-defined]
+    folder = config.get("tempdir") or os.path.join(tempfile.gettempdir(), "pymp-XXXXXXXX")
+    if len(os.fsencode(os.path.join(folder, "listener-XXXXXXXX"))) <= _SUN_PATH_MAX:
+        return
+    for base in _SHORT_FOLDERS:
+        if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            short = tempfile.mkdtemp(prefix="pymp-", dir=base)
+            util.Finalize(None, shutil.rmtree, args=(short, True), exitpriority=-100)
+            config["tempdir"] = short
+            return

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from icelaunch import _cluster, _preflight, _worker
 from icelaunch._config import Configurable
-from icelaunch._spec import LaunchSpec, build_spec
+from icelaunch._spec import DEFAULT_PREFIX_TEMPLATE, LaunchSpec, build_spec
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +60,12 @@ class ElasticLauncher(Configurable):
         omp_num_threads: int = 1,
         *,
         warm_start: bool = True,
+        local_ranks_filter: str | Sequence[int] | None = None,
+        log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE,
+        timeout: float | None = None,
+        hang_timeout: float | None = None,
+        collective_timeout: float | None = None,
+        process_group: bool = True,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -71,6 +77,24 @@ class ElasticLauncher(Configurable):
                 ran your program's code or touched CUDA: spawn's guarantees,
                 without one interpreter start and torch import per worker.
                 ``False`` starts every worker as a fresh interpreter.
+            local_ranks_filter: the local ranks whose output reaches the console,
+                e.g. ``"0"`` or ``"0,2"`` (torchrun's ``--local-ranks-filter``);
+                None: all. The others still write their log files (``log_dir``).
+            log_line_prefix_template: the prefix of every console line (and of every
+                ``\r`` redraw): ``${rank}``, ``${local_rank}``, ``${role_name}``,
+                ``${group_rank}`` (or ``${node_rank}``), ``${hostname}``; ``""`` for none.
+            timeout: seconds for the whole call; when they pass, the ranks' stacks
+                are taken, the workers stopped and ``LaunchTimeoutError`` raised.
+            hang_timeout: seconds without any rank's Python stack changing (sampled
+                while the job runs) after which the job is judged hung and handled
+                as for ``timeout``.
+            collective_timeout: seconds a collective may wait for its peers before it
+                raises in the ranks (``init_process_group(timeout=...)``, gloo and
+                nccl); None keeps torch's default (10 min for nccl, 30 min for gloo).
+            process_group: initialise torch.distributed's default process group in
+                every worker before calling the function. ``False`` leaves it to the
+                function (``dist.init_process_group("gloo")``, Ignite's
+                ``idist.Parallel``, ...), with the ``env://`` variables torchrun gives.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

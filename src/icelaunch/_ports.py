@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import socket
 
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
+from icelaunch._spec import LaunchSpec
+
 PORT_RANGE = (16894, 17194)
 ATTEMPTS = 8
+AGREED_RANGE = (29500, 30499)  # from torchrun's default 29500 on
 
 
 class PortBusyError(RuntimeError):
@@ -28,6 +32,21 @@ def free_port(low: int = PORT_RANGE[0], high: int = PORT_RANGE[1]) -> int:
                 continue
             return port
     raise PortBusyError(f"every port in {low}-{high} is taken; pass master_port=<a free port>")
+
+
+def agreed_port(spec: LaunchSpec) -> int | None:
+    """The port every node of a static multi-node job without ``master_port`` uses.
+
+    Each node picking a free port of its own would never meet; this one depends only
+    on what every node is given alike (``master_addr``, ``rdzv_id``, ``nnodes``).
+    None where no such agreement is needed (one node, another backend, an endpoint).
+    """
+    static = spec.rdzv_backend == "static" and not spec.standalone and not spec.rdzv_endpoint
+    if not static or spec.max_nodes == 1:
+        return None
+    key = f"{spec.master_addr}/{spec.rdzv_id}/{spec.max_nodes}".encode()
+    low, high = AGREED_RANGE
+    return low + int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % (high - low + 1)
 
 
 def create_handler(params: RendezvousParameters, port: int) -> RendezvousHandler:

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
+from icelaunch._console._text import DEFAULT_TEMPLATE, check_template
+
+DEFAULT_PREFIX_TEMPLATE = DEFAULT_TEMPLATE
 
 RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
 START_METHODS = ("spawn", "fork", "forkserver")
@@ -56,6 +59,12 @@ class LaunchSpec:
     master_port: int | None
     omp_num_threads: int
     warm_start: bool = True
+    local_ranks_filter: tuple[int, ...] | None = None
+    log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE
+    timeout: float | None = None
+    hang_timeout: float | None = None
+    collective_timeout: float | None = None
+    process_group: bool = True
 
     @property
     def nproc_per_node(self) -> int:
@@ -163,6 +172,17 @@ def _interval(value: object) -> float:
     return seconds
 
 
+def _seconds(name: str, value: object, example: str) -> float | None:
+    """A time limit: None (no limit) or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    _require_type(name, value, (int, float), example)
+    seconds = float(cast(float, value))
+    if not 0 < seconds < float("inf"):
+        raise _bad(name, value, "must be a positive number of seconds or None", example)
+    return seconds
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -175,7 +195,19 @@ def _log_dir(value: object) -> str | None:
     return str(path)
 
 
+def _nnodes_text(spec: LaunchSpec) -> str:
+    if spec.min_nodes == spec.max_nodes:
+        return str(spec.max_nodes)
+    return f"{spec.min_nodes}:{spec.max_nodes}"
+
+
 def _check_rendezvous(spec: LaunchSpec) -> None:
+    if spec.standalone and spec.max_nodes > 1:
+        raise ValueError(
+            f"invalid nnodes {_nnodes_text(spec)!r} with standalone=True: a standalone "
+            f"rendezvous is private to this node; for several nodes drop standalone and use "
+            f"e.g. rdzv_backend='c10d', rdzv_endpoint='10.0.0.1:29400' (or nnodes='1')"
+        )
     if spec.rdzv_backend == "static" and spec.min_nodes != spec.max_nodes:
         raise _bad(
             "nnodes",
@@ -228,9 +260,45 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         master_port=_port(a["master_port"]),
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
+        local_ranks_filter=parse_ranks_filter(a.get("local_ranks_filter"), len(devices)),
+        log_line_prefix_template=check_template(
+            a.get("log_line_prefix_template", DEFAULT_PREFIX_TEMPLATE)
+        ),
+        timeout=_seconds("timeout", a.get("timeout"), "3600"),
+        hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
+        collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
+        process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
     )
     _check_rendezvous(spec)
     return spec
+
+
+def parse_ranks_filter(value: object, nproc: int) -> tuple[int, ...] | None:
+    """torchrun's ``--local-ranks-filter``: ``'0,2'`` -> (0, 2); None or ``''``: every rank.
+
+    Raises:
+        ValueError: not comma-separated local ranks of this node.
+        TypeError: neither a string, an int nor a list of ints.
+    """
+    example = "'0' or local_ranks_filter='0,2'"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        items: list[object] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, (list, tuple, set, frozenset, range)):
+        items = list(value)
+    else:
+        raise TypeError(f"local_ranks_filter must be str, not {value!r}; e.g. {example}")
+    ranks: set[int] = set()
+    for item in items:
+        text = str(item)
+        if isinstance(item, bool) or not text.isdigit() or int(text) >= nproc:
+            rule = f"each entry must be a local rank of this node's workers, 0-{nproc - 1}"
+            raise _bad("local_ranks_filter", value, rule, example)
+        ranks.add(int(text))
+    return tuple(sorted(ranks))
 
 
 def _str(name: str, value: object) -> str:
@@ -248,4 +316,6 @@ def spec_from_json(text: str) -> LaunchSpec:
     data = json.loads(text)
     data["devices"] = tuple(data["devices"])
     data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
+    if data.get("local_ranks_filter") is not None:
+        data["local_ranks_filter"] = tuple(data["local_ranks_filter"])
     return LaunchSpec(**data)

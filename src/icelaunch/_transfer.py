@@ -32,7 +32,7 @@ import pickle
 import sys
 from typing import Any
 
-import cloudpickle
+from icelaunch._diagnosis._code import CodePickler
 
 MIN_SHARED_BYTES = 1 << 20
 _ALIGN = 64
@@ -118,8 +118,9 @@ def receive(payload: bytes) -> Any:
     return unpickler.load()
 
 
-class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle with large tensors and buffers taken out of the stream."""
+class _Pickler(CodePickler):  # type: ignore[misc]
+    """cloudpickle (code sent by value keeps its real file name) with large tensors and
+    buffers taken out of the stream."""
 
     def __init__(
         self, file: io.BytesIO, min_bytes: int, sent: Sent, *, move: bool, refuse_cuda: bool

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import os
 import pickle
 import select
@@ -19,7 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _transfer
+from icelaunch import _diagnosis, _transfer, _user_group
+from icelaunch._bootstrap import bootstrap_common
 from icelaunch._errors import NotInWorkerError
 from icelaunch._spec import LaunchSpec
 
@@ -52,6 +54,7 @@ class WorkerContext:
     rdzv_id: str
     device_name: str
     dist_backend: str
+    collective_timeout: float | None = None
 
     @property
     def assigned_device(self) -> torch.device:
@@ -81,6 +84,7 @@ class WorkerContext:
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
             device_name=spec.devices[local_rank],
             dist_backend=spec.dist_backend,
+            collective_timeout=spec.collective_timeout,
         )
 
 
@@ -156,12 +160,19 @@ def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
     return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
 
 
-def run(payload: bytes) -> Any:
-    """Worker entrypoint: set up the context and process group, run the user function."""
+def run(payload: bytes | Job) -> Any:
+    """Worker entrypoint: set up the context and process group, run the user function.
+
+    ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
+    """
     global _current
-    job: Job = _transfer.receive(payload)
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
+    bootstrap_common()
     ctx = WorkerContext.from_env(job.spec, os.environ)
     _current = ctx
     _prepare_process(job.spec)
@@ -184,6 +195,7 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
         _write_report(job, ctx, exc)
         _exit_now(exc.code if isinstance(exc.code, int) else 1)
     except BaseException as exc:
+        _diagnosis.without_bootstrap_frames(exc)
         _write_report(job, ctx, exc)
         traceback.print_exception(exc)
         _exit_now(1)
@@ -203,9 +215,12 @@ def _tie_to_parent(job: Job) -> None:
 
     Forked workers also inherit the launcher's Python signal handlers, which
     would turn SIGTERM into an exception that a rank blocked in C++ never sees.
+    Each worker leads a session of its own, as torch's command workers do.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -283,7 +298,10 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
 
     try:
         with _reported(job, ctx):
-            _init_process_group(ctx)
+            if job.spec.process_group:
+                _init_process_group(ctx)
+            else:
+                _user_group.prefix_env_rendezvous(ctx.restart_count)
             _mark_started(job, ctx)
             result = job.fn(*job.args)
             return _sendable(job.fn, ctx, result)
@@ -312,6 +330,8 @@ def _init_process_group(ctx: WorkerContext) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
+    if ctx.collective_timeout is not None:
+        options["timeout"] = datetime.timedelta(seconds=ctx.collective_timeout)
     dist.init_process_group(
         backend=ctx.dist_backend,
         store=_attempt_store(ctx),
@@ -330,13 +350,18 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        ctx.master_addr,
-        ctx.master_port,
-        world_size=ctx.world_size,
-        is_master=not agent_hosts and ctx.rank == 0,
-        wait_for_workers=False,
-    )
+    if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
+        from icelaunch._loopback import worker_store
+
+        store = worker_store(ctx.rank, ctx.master_port, ctx.world_size)
+    else:
+        store = TCPStore(
+            ctx.master_addr,
+            ctx.master_port,
+            world_size=ctx.world_size,
+            is_master=not agent_hosts and ctx.rank == 0,
+            wait_for_workers=False,
+        )
     # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
     # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
     attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""

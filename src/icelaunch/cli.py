@@ -12,6 +12,7 @@ import argparse
 import inspect
 import json
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Callable
@@ -48,6 +49,10 @@ HELP = {
     "master_addr": "address of node 0 (static rendezvous)",
     "master_port": "port of node 0 (static rendezvous); unset picks a free port",
     "omp_num_threads": "OMP_NUM_THREADS for the workers when the environment does not set it",
+    "local_ranks_filter": "local ranks whose output is shown on the console, e.g. 0 or 0,2 "
+    "(all when unset); the others still write their log files",
+    "log_line_prefix_template": "prefix of every console line and \\r redraw: ${rank}, "
+    "${local_rank}, ${role_name}, ${group_rank}, ${hostname}; '' for none",
 }
 ALIASES = {"rdzv_configs": ("--rdzv-conf", "--rdzv_conf"), "redirects": ("-r",), "tee": ("-t",)}
 METAVARS = {
@@ -69,7 +74,10 @@ METAVARS = {
     "master_addr": "HOST",
     "master_port": "PORT",
     "omp_num_threads": "N",
+    "local_ranks_filter": "RANKS",
+    "log_line_prefix_template": "TEMPLATE",
 }
+CONSOLE_OPTIONS = ("local_ranks_filter", "log_line_prefix_template")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
 
 USAGE = (
@@ -127,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["stacks"]:  # a script file named stacks runs as `icelaunch ./stacks`
+        from icelaunch._diagnosis._cli import stacks_command
+
+        return stacks_command(argv[1:])
     parser = build_parser()
     try:
         invocation = parse(parser, argv)
@@ -209,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch = parser.add_argument_group("launch options (the parameters of ElasticLauncher)")
     for param in _freeze_parameters():
         _add_parameter(launch, param)
+    _add_console_options(launch)
     torchrun = parser.add_argument_group("torchrun spellings")
     _add_option(
         torchrun,
@@ -218,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_command_arguments(parser)
     return parser
+
+
+def _add_console_options(group: argparse._ArgumentGroup) -> None:
+    """The console options of ``ElasticLauncher`` (keyword-only), unless already flags."""
+    have = {p.name for p in _freeze_parameters()}
+    for param in inspect.signature(ElasticLauncher.__freeze__).parameters.values():
+        if param.name in CONSOLE_OPTIONS and param.name not in have:
+            _add_option(
+                group,
+                param.name,
+                type=str,
+                metavar=METAVARS[param.name],
+                help=f"{HELP[param.name]} (default: {_shown(param.default)})",
+            )
 
 
 def _add_command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,6 +283,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> Invocation:
     """
     given = vars(parser.parse_args(argv))
     options = {p.name: given[p.name] for p in _freeze_parameters() if p.name in given}
+    options.update({name: given[name] for name in CONSOLE_OPTIONS if name in given})
     if "nproc_per_node" in given:
         if "devices" in options:
             raise ValueError("give --devices or --nproc-per-node, not both")
@@ -296,6 +324,8 @@ def _command(given: dict[str, Any]) -> tuple[str, ...]:
     if module:
         return (sys.executable, "-u", "-m", script, *args)
     if no_python:
+        if shutil.which(script) is None:
+            raise ValueError(f"program {script!r} not found or not executable (--no-python)")
         return (script, *args)
     if not os.path.isfile(script):
         raise ValueError(f"script {script!r} not found (for a module, use -m {script})")
@@ -320,6 +350,9 @@ def run(invocation: Invocation) -> int:
     except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # e.g. a log_dir that cannot be created
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

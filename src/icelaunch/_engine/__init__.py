@@ -12,19 +12,22 @@ caller's signal handlers, environment and temp folder are left as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
-from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _failures, _forkserver, _ports, _transfer, _worker
-from icelaunch._engine import _hygiene, _rendezvous, _setup
+from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
+from icelaunch._diagnosis import _files, _report
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -45,6 +48,8 @@ class _Target:
     entrypoint: Callable[..., Any] | str
     args: tuple[Any, ...]
     reports_done: bool
+    mark: _stop.JobMark | None = None  # in every worker's environment
+    console: str = ""  # the console relay's address, known to the workers
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -55,13 +60,20 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         KeyboardInterrupt: the launching process got SIGINT.
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    console = _console.new_address()
+    mark = _stop.JobMark.new()
     sent: list[_transfer.Sent] = []
 
     def target(run_dir: str) -> _Target:
-        notify = os.path.join(run_dir, "done.sock")
-        job = _worker.Job(fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec))
+        notify = done_address(run_dir)
+        env = {**os.environ, _console.ADDRESS_ENV: console, mark.name: mark.value}
+        job = _worker.Job(
+            fn, args, spec, run_dir, notify, _forkserver.uses_fork_server(spec), env=env
+        )
+        if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
+            return _Target(name, _worker.run, (job,), True, mark, console)
         sent.append(_payload(name, job))
-        return _Target(name, _worker.run, (sent[-1].payload,), reports_done=True)
+        return _Target(name, _worker.run, (sent[-1].payload,), True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     try:
@@ -71,9 +83,18 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
             each.close()
 
 
+def done_address(run_dir: str) -> str:
+    """The abstract Unix socket on which workers of ``run_dir`` report "returned".
+
+    Abstract (Linux): no file, so the length of TMPDIR does not matter.
+    """
+    return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
+
+
 def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
-    """The job as bytes; functions from ``__main__``, lambdas and closures go by value,
-    large tensors, arrays and bytes through shared memory (see ``_transfer``)."""
+    """The job as bytes; functions from ``__main__``, lambdas and closures go by value
+    (with their real file names), large tensors, arrays and bytes through shared
+    memory (see ``_transfer``)."""
     try:
         data = _transfer.send(job)
     except _transfer.UnsupportedTransferError:
@@ -81,9 +102,8 @@ def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
     except Exception as exc:
         raise TypeError(
             f"cannot send {name} and its arguments to the workers: {type(exc).__name__}: {exc}. "
-            f"Everything the function uses must be picklable; move it into an importable "
-            f"module, or rename globals that shadow torch modules (e.g. an attribute "
-            f"named 'classes' read next to torch)"
+            f"With start_method={job.spec.start_method!r} they are pickled; "
+            f"{_hints.unpicklable_job(exc)}"
         ) from exc
     return data
 
@@ -97,17 +117,31 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
         WorkerFailedError: workers failed and no restart was left.
     """
     name = " ".join(argv)
+    wrapped = _script_command(argv)
+    console = _console.new_address()
+
+    mark = _stop.JobMark.new()
 
     def target(run_dir: str) -> _Target:
-        return _Target(name, argv[0], tuple(argv[1:]), reports_done=False)
+        os.environ[_files.RUN_DIR_ENV] = run_dir  # where the scripts leave their stacks
+        return _Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
 
     with _hygiene.restored_process_state():  # what follows is inherited by the workers only
         os.environ[SPEC_ENV] = spec_to_json(spec)
+        os.environ[mark.name] = mark.value
+        os.environ[_console.ADDRESS_ENV] = console
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.omp_num_threads))
         _launch(spec, target)
 
 
+def _script_command(argv: list[str]) -> list[str]:
+    """``argv`` run through :mod:`icelaunch._script`, which sets the worker up first
+    and then runs it in the same process."""
+    return [sys.executable, "-u", "-m", "icelaunch._script", *argv]
+
+
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    _setup.make_log_dir(spec.log_dir)
     try:
         with (
             _hygiene.job_directory() as job_dir,
@@ -115,6 +149,7 @@ def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any
             _hygiene.no_torch_temp_files(),
             _hygiene.torch_logs_without_tracebacks(),
         ):
+            _hygiene.respect_ignored_signals()
             return _launch_with_port_retry(spec, target, job_dir)
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
@@ -140,10 +175,11 @@ def _redeliver(sig: signal.Signals) -> None:
 def _launch_with_port_retry(
     spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
 ) -> dict[int, Any]:
-    chosen = spec.master_port is None or spec.standalone
+    fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
+    chosen = fixed is None or spec.standalone
     setup_retries = SETUP_RETRIES if spec.max_nodes == 1 else 0
     for attempt in range(_ports.ATTEMPTS + setup_retries):
-        port = _ports.free_port() if chosen or spec.master_port is None else spec.master_port
+        port = _ports.free_port() if chosen or fixed is None else fixed
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
@@ -177,7 +213,7 @@ def _port_errors(port: int) -> Iterator[None]:
 
 
 def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int, Any]:
-    listener = DoneListener(os.path.join(run_dir, "done.sock"))
+    listener = DoneListener(done_address(run_dir))
     try:
         rdzv_params, master_addr, master_port = _setup.rendezvous_parameters(spec, port)
         worker_spec = WorkerSpec(
@@ -185,7 +221,7 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             local_world_size=spec.nproc_per_node,
             entrypoint=target.entrypoint,
             args=target.args,
-            rdzv_handler=_ports.create_handler(rdzv_params, port),
+            rdzv_handler=_stores.create_handler(rdzv_params, port, spec.standalone),
             max_restarts=spec.max_restarts,
             monitor_interval=1e-6,  # the agent's own sleep; Agent waits on events instead
             master_addr=master_addr,
@@ -204,10 +240,9 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
 ) -> dict[int, Any]:
-    only_file, teed = _setup.std_maps(spec)
-    logs = DefaultLogsSpecs(
-        log_dir=spec.log_dir or os.path.join(run_dir, "logs"), redirects=only_file, tee=teed
-    )
+    logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
+    relay = _console.Relay(target.console, _logs.routes(spec, logs))
+    watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -215,28 +250,58 @@ def _run_agent(
         spec=worker_spec,
         logs_specs=logs,
         start_method=_forkserver.torch_start_method(spec),
+        describe=functools.partial(_failures.describe, run_dir),
+        mark=target.mark,
+        watch=watch,
+        run_dir=run_dir,
         log_line_prefix_template=LINE_PREFIX,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     shutdown_rdzv = True
     try:
-        result = agent.run()
+        with relay:  # shows the workers' output to its end before the result is used
+            result = agent.run()
         if result.is_failed():
-            raise _failed(target.name, result, run_dir, agent, logs)
+            raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
+    except _report.Stopped as stop:
+        raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
     except SignalException:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
+        _report.print_interrupted(watch)
         raise
     finally:
         if shutdown_rdzv:
             worker_spec.rdzv_handler.shutdown()
 
 
+def _reimports_main(spec: LaunchSpec, target: _Target) -> bool:
+    """Whether the workers import the launcher's main module again (function launches
+    that do not fork the launcher itself); scripts are started as they are."""
+    return target.reports_done and spec.start_method != "fork"
+
+
 def _failed(
-    name: str, result: RunResult, run_dir: str, agent: Agent, logs: DefaultLogsSpecs
+    name: str,
+    result: RunResult,
+    run_dir: str,
+    agent: Agent,
+    logs: _logs.RelayedLogs,
+    reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
     stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
-    return _failures.build_error(name, result.failures, run_dir, agent.attempt, stderr_files)
+    failures = {**agent.own_failures, **result.failures}
+    return _report.failed_error(
+        name,
+        failures,
+        run_dir,
+        agent.attempt,
+        stderr_files,
+        agent.exits,
+        agent.watch,
+        agent.restarts_used,
+        reimports_main,
+    )
 
 
 def _stderr_files(root: str, attempt: int) -> dict[int, str]:

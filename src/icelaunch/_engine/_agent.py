@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import select
+import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from icelaunch._diagnosis._watch import Watch
+from icelaunch._engine import _procs, _stop
+
+logger = logging.getLogger(__name__)
+
 _RESULT_SPIN_S = 0.002
+_STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
 
 
 class DoneListener:
-    """Receives "rank returned" datagrams from workers and waits for events."""
+    """Receives "rank returned" datagrams from workers and waits for events.
 
-    def __init__(self, path: str) -> None:
+    ``address`` is a Linux abstract socket name (starting with NUL), so its length
+    does not depend on TMPDIR.
+    """
+
+    def __init__(self, address: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(path)
+        self._sock.bind(address)
         self._sock.setblocking(False)
         self.done: set[int] = set()
         self.attempt = -1
@@ -31,6 +41,10 @@ class DoneListener:
         self._drain()
         self.attempt += 1
         self.done.clear()
+
+    def receive(self) -> None:
+        """Take in the reports that arrived (never blocks)."""
+        self._drain()
 
     def _drain(self) -> None:
         while True:
@@ -42,67 +56,31 @@ class DoneListener:
             if attempt == self.attempt:
                 self.done.add(local_rank)
 
-    def wait(self, pids: dict[int, int], timeout: float) -> None:
-        """Return when a worker reports, a worker process exits, or ``timeout`` passes."""
+    def wait(self, fds: list[int], expected: int, timeout: float) -> None:
+        """Return when a worker reports, one of ``fds`` is readable, or ``timeout`` passes."""
         self._drain()
-        if len(self.done) == len(pids):
+        if len(self.done) == expected:
             time.sleep(_RESULT_SPIN_S)  # the return value is being queued right now
             return
-        with pidfds(pids.values()) as fds:
-            if any(fd < 0 for fd in fds):
-                return
-            select.select([self._sock.fileno(), *fds], [], [], timeout)
+        select.select([self._sock.fileno(), *fds], [], [], timeout)
         self._drain()
 
     def close(self) -> None:
         self._sock.close()
 
 
-@contextlib.contextmanager
-def pidfds(pids: Any) -> Iterator[list[int]]:
-    fds: list[int] = []
-    try:
-        for pid in pids:
-            try:
-                fds.append(os.pidfd_open(pid))
-            except ProcessLookupError:
-                fds.append(-1)
-        yield fds
-    finally:
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-
-def exit_status(pid: int) -> tuple[bool, int | None]:
-    """(exited, status) of worker ``pid``, without reaping it.
-
-    The status is None when unknown: for a worker forked by the fork server (not
-    our child), or one torch already reaped, which it does silently only for 0.
-    """
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return _has_exited(pid), None
-    if info is None:
-        return False, None
-    return True, info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether ``pid`` (not necessarily our child) has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], 0)[0])
-    finally:
-        os.close(fd)
+#: (attempt, global rank, failure) -> one log line; the engine's, which reads reports
+Describe = Callable[[int, int, ProcessFailure], str]
 
 
 class Agent(LocalElasticAgent):
-    """LocalElasticAgent that waits on worker events instead of fixed sleeps."""
+    """LocalElasticAgent that waits on worker events and stops workers our way.
+
+    A worker's exit is seen as soon as its status is known, with the true status
+    and the time it was seen; any failure ends the group at once through
+    :func:`icelaunch._engine._stop.stop_workers` (3 s to SIGKILL, everything the
+    workers started included), never through torch's 30 s paths.
+    """
 
     def __init__(
         self,
@@ -110,6 +88,10 @@ class Agent(LocalElasticAgent):
         listener: DoneListener,
         poll_interval: float,
         reports_done: bool,
+        describe: Describe | None = None,
+        mark: _stop.JobMark | None = None,
+        watch: Watch | None = None,
+        run_dir: str = "",
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -117,54 +99,165 @@ class Agent(LocalElasticAgent):
         poll_interval: longest wait between two looks at the workers.
         reports_done: workers announce their return (function entrypoints); a
             worker that exits without announcing has failed. Commands just exit.
+        describe: how a failed rank is told in the restart warning.
+        mark: the environment mark of the launch's processes, for the stop path.
+        watch: time limits and stacks at every stop (icelaunch._diagnosis).
+        run_dir: the launch attempt's run folder, where ranks leave their stacks.
         """
         super().__init__(**kwargs)
         self._listener = listener
         self._poll_interval = poll_interval
         self._reports_done = reports_done
-        self._seen_exited: set[int] = set()
+        self._describe = describe
+        self._mark = mark
+        self._workers: list[_procs.WorkerProcess] = []
+        self._died: dict[int, float] = {}  # local rank -> time.time() its death was seen
+        #: local rank -> (true exit status, time.time() of death), this attempt
+        self.exits: dict[int, tuple[int, float]] = {}
+        #: global rank -> failure, for workers that failed on their own before the last stop
+        self.own_failures: dict[int, ProcessFailure] = {}
+        self._last_failures: dict[int, ProcessFailure] = {}
+        self._watch = watch
+        self._run_dir = run_dir
+        self._restarting = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt()
+        self._died, self.exits, self.own_failures = {}, {}, {}
+        if self._watch is not None:
+            self._watch.new_attempt()
         started: dict[int, Any] = super()._start_workers(worker_group)
+        self._workers = _procs.workers_of(self._pcontext)
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
-        pids = {w.local_rank: w.id for w in worker_group.workers if w.id is not None}
-        self._listener.wait(pids, self._poll_interval)
-        # silent exits are looked for before torch's poll reaps the processes
-        silent = self._silent_exits(worker_group) if self._reports_done else {}
-        result: RunResult = super()._monitor_workers(worker_group)
-        if not silent or result.state not in (WorkerState.HEALTHY, WorkerState.FAILED):
-            return result
-        silent.update(result.failures)  # torch's own record wins for a rank
-        return RunResult(state=WorkerState.FAILED, failures=silent)
+        live = [w.pidfd for w in self._workers if w.local_rank not in self._died]
+        bound = self._poll_interval
+        if self._watch is not None:
+            bound = self._watch.wait_bound(bound)
+        self._listener.wait(live, len(self._workers), bound)
+        self._note_exits()
+        if self._watch is not None:
+            self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
+        self._listener.receive()  # a rank that returned, then exited, has reported by now
+        failures = self._failures(worker_group, set(self.exits))
+        if failures:
+            self._last_failures = failures
+            return RunResult(state=WorkerState.FAILED, failures=failures)
+        if self._reports_done and len(self._listener.done) < len(self._workers):
+            return RunResult(state=WorkerState.HEALTHY)
+        if not self._reports_done and len(self.exits) < len(self._workers):
+            return RunResult(state=WorkerState.HEALTHY)
+        result: RunResult = super()._monitor_workers(worker_group)  # collects return values
+        return result
 
-    def _silent_exits(self, worker_group: WorkerGroup) -> dict[int, ProcessFailure]:
-        """Workers that exited without returning a result (e.g. ``os._exit(0)``).
+    def _note_exits(self) -> None:
+        """Note when workers died (now, at the latest) and then their true statuses."""
+        now = time.time()
+        for w in self._workers:
+            if w.local_rank not in self._died and w.dead():
+                self._died[w.local_rank] = now
+        for w in self._workers:
+            if w.local_rank in self._died and w.local_rank not in self.exits:
+                code = w.wait_status(_STATUS_WAIT_S)
+                if code is not None:
+                    self.exits[w.local_rank] = (code, self._died[w.local_rank])
 
-        An exit of unknown status is counted on the second look, so that torch,
-        which learns the status from the fork server, reports it first if it can.
-        """
+    def _failures(self, worker_group: WorkerGroup, ranks: set[int]) -> dict[int, ProcessFailure]:
+        """Which of local ``ranks`` ended badly: a non-zero status, or a function that
+        never returned."""
         failures: dict[int, ProcessFailure] = {}
-        for w in worker_group.workers:
-            if w.id is None or w.local_rank in self._listener.done:
+        for w in self._workers:
+            if w.local_rank not in ranks or w.local_rank not in self.exits:
                 continue
-            exited, status = exit_status(w.id)
-            if not exited or (status is None and w.id not in self._seen_exited):
-                if exited:
-                    self._seen_exited.add(w.id)
+            code, died = self.exits[w.local_rank]
+            returned = w.local_rank in self._listener.done or not self._reports_done
+            if code == 0 and returned:
                 continue
-            code = 0 if status is None else status
             failure = ProcessFailure(
-                local_rank=w.local_rank, pid=w.id, exitcode=code, error_file=""
+                local_rank=w.local_rank,
+                pid=w.pid,
+                exitcode=code,
+                error_file=_procs.error_file(self._pcontext, w.local_rank),
             )
-            failure.message = (
-                f"the worker process exited{'' if status is None else f' with status {status}'} "
-                f"before its function returned (os._exit() or a crash in native code)"
-            )
-            failures[w.global_rank] = failure
+            failure.timestamp = died  # type: ignore[assignment]  # a float: finer order
+            if self._reports_done and not returned and not isinstance(failure.message, dict):
+                failure.message = (  # torch's error file (a dict) or our report says more
+                    f"the worker process exited with status {code} before its function "
+                    f"returned (os._exit(), a signal, or a crash in native code)"
+                )
+            failures[worker_group.workers[w.local_rank].global_rank] = failure
         return failures
+
+    def _stop_workers(self, worker_group: WorkerGroup) -> None:
+        self._shutdown()
+
+    def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+        """Stop the workers our way, then let torch close its process context.
+
+        Workers that failed on their own (before the stop, or during it of something
+        else than the stop's signals) are kept in :attr:`own_failures`.
+        """
+        if self._workers:
+            self._note_exits()
+            self._take_stacks(self._worker_group)  # of the ranks about to be stopped
+            died_before = set(self._died)
+            sent = _stop.stop_workers(self._workers, death_sig, mark=self._mark)
+            self._note_exits()
+            on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
+            self.own_failures = self._failures(self._worker_group, died_before | on_own)
+            for w in self._workers:
+                w.close()
+            self._workers = []
+        super()._shutdown(death_sig, timeout=0)
+
+    def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
+        """Global rank -> pid of the workers that have neither returned nor died."""
+        return {
+            worker_group.workers[w.local_rank].global_rank: w.pid
+            for w in self._workers
+            if w.local_rank not in self._died and w.local_rank not in self._listener.done
+        }
+
+    def _take_stacks(self, worker_group: WorkerGroup) -> None:
+        """Diagnosis: the stacks of the ranks still running, before they are stopped."""
+        if self._watch is None or worker_group.state == WorkerState.SUCCEEDED:
+            return
+        self._listener.receive()
+        running = sorted(self._running(worker_group))
+        if not running:
+            return
+        self._watch.at_stop(self._run_dir, self.attempt, running, self._listener.done)
+        if self._restarting and self._watch.dumps:
+            logger.warning("where the running ranks were:\n%s", self._watch.grouped())
+
+    def _restart_workers(self, worker_group: WorkerGroup) -> None:
+        if worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
+            self._announce_restart(worker_group)
+        self._restarting = True
+        try:
+            super()._restart_workers(worker_group)
+        finally:
+            self._restarting = False
+
+    def _announce_restart(self, worker_group: WorkerGroup) -> None:
+        spec = worker_group.spec
+        k = spec.max_restarts - self._remaining_restarts
+        for rank, failure in sorted(self._last_failures.items()):
+            text = f"rank {rank} failed"
+            if self._describe is not None:
+                text = self._describe(self.attempt, rank, failure)
+            logger.warning("%s; restarting the workers (restart %s/%s)", text, k, spec.max_restarts)
+
+    @property
+    def restarts_used(self) -> int:
+        """Restarts spent on failed attempts so far."""
+        return int(self._worker_group.spec.max_restarts - self._remaining_restarts)
+
+    @property
+    def watch(self) -> Watch | None:
+        """Time limits, memory and the stacks of the last stop."""
+        return self._watch
 
     @property
     def attempt(self) -> int:

@@ -33,6 +33,26 @@ def restored_process_state() -> Iterator[None]:
             os.environ.update(saved_env)
 
 
+_TORCH_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+
+
+def respect_ignored_signals() -> None:
+    """Tell torch's agent not to handle a signal the caller ignores (``SIG_IGN``).
+
+    A job started in the background ignores SIGINT; torch would otherwise install
+    its handler and stop the launch on a Ctrl-C meant for the foreground.
+    Call inside :func:`restored_process_state`, which puts the environment back.
+    """
+    if _TORCH_SIGNALS_ENV in os.environ:
+        return  # the user chose
+    names = [
+        name
+        for name in _HANDLED_SIGNALS
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN
+    ]
+    os.environ[_TORCH_SIGNALS_ENV] = ",".join(names)
+
+
 @contextlib.contextmanager
 def no_torch_temp_files() -> Iterator[None]:
     """Remove the error files torch.multiprocessing leaves in the temp folder on failure."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -11,6 +12,24 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from icelaunch._spec import LaunchSpec
 
 DEFAULT_RDZV_TIMEOUT_S = 900
+DEFAULT_RDZV_ID = "none"  # the seed's default: no id given
+
+
+def make_log_dir(log_dir: str | None) -> None:
+    """Create ``log_dir`` now, so that a bad one is one clear error, not torch's traceback.
+
+    Raises:
+        ValueError: the folder cannot be created (the message names it and why).
+    """
+    if log_dir is None:
+        return
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"invalid log_dir {log_dir!r}: cannot create it ({exc.strerror}); give a folder "
+            f"this user can create, e.g. log_dir='/tmp/icelaunch-logs'"
+        ) from exc
 
 
 def std_maps(spec: LaunchSpec) -> tuple[dict[int, Std], dict[int, Std]]:
@@ -32,6 +51,17 @@ def _expand(value: Std | dict[int, Std], n: int) -> dict[int, Std]:
     return dict.fromkeys(range(n), value)
 
 
+def run_id_of(spec: LaunchSpec) -> str:
+    """The job's ``TORCHELASTIC_RUN_ID``: a fresh one per single-node launch left at 'none'.
+
+    Scripts use it as a unique job id (checkpoint folders, experiment trackers), as
+    torchrun's fresh id allows; nodes of a multi-node job must share the id given.
+    """
+    if spec.rdzv_id == DEFAULT_RDZV_ID and spec.max_nodes == 1:
+        return uuid.uuid4().hex
+    return spec.rdzv_id
+
+
 def rendezvous_parameters(
     spec: LaunchSpec, port: int
 ) -> tuple[RendezvousParameters, str | None, int | None]:
@@ -40,7 +70,7 @@ def rendezvous_parameters(
     if "timeout" in configs:  # torch's c10d and etcd-v2 handlers read only join_timeout
         configs.setdefault("join_timeout", configs["timeout"])
     configs.setdefault("timeout", DEFAULT_RDZV_TIMEOUT_S)
-    backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, spec.rdzv_id
+    backend, endpoint, run_id = spec.rdzv_backend, spec.rdzv_endpoint, run_id_of(spec)
     master: tuple[str | None, int | None] = (None, None)
     if spec.standalone:
         backend, endpoint, run_id = "c10d", f"127.0.0.1:{port}", str(uuid.uuid4())

@@ -1,0 +1,297 @@
+"""The launcher side: one thread moves every worker's output to the console and files.
+
+Workers connect to the relay's Unix socket when they start (:mod:`._attach`)
+and receive, over ``SCM_RIGHTS``, the write ends of their stdout and stderr:
+pseudo-terminals when the launcher's stream is a terminal (raw mode, so bytes
+pass unchanged; the terminal's window size), pipes otherwise. The relay thread
+waits on all read ends at once with a selector and shows bytes as they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import secrets
+import select
+import selectors
+import socket
+import struct
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from icelaunch._console._screen import Screen, Source
+from icelaunch._console._sink import Sink
+from icelaunch._console._text import DEFAULT_TEMPLATE, expand
+
+logger = logging.getLogger(__name__)
+
+STREAMS = ("stdout", "stderr")
+DRAIN_TIMEOUT_S = 2.0  # after the launch, for output held open by a worker's leftovers
+JOIN_TIMEOUT_S = 5.0
+MIN_COLUMNS = 20  # a worker's terminal is never narrower, however long the prefix
+_READ_SIZE = 1 << 16
+_HELLO_MAX = 4096
+
+#: file descriptors the relay holds; a worker forked from the launcher closes its copies
+LAUNCHER_FDS: set[int] = set()
+
+
+def new_address() -> str:
+    """A fresh abstract Unix socket name (no file, no TMPDIR length limit)."""
+    return f"icelaunch-console-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where a launch's worker output goes.
+
+    Args:
+        template: the line prefix template (``""``: none).
+        shown: ``shown(local_rank, stream)``: whether that stream reaches the console.
+        rank_dir: ``rank_dir(attempt, local_rank)``: the folder for the stream's log
+            file (``stdout.log``/``stderr.log``), or None for no file.
+    """
+
+    template: str = DEFAULT_TEMPLATE
+    shown: Callable[[int, str], bool] = lambda local_rank, stream: True
+    rank_dir: Callable[[int, int], str | None] = lambda attempt, local_rank: None
+
+
+class _Stream:
+    """One worker stream being read: its read end, log file and console source."""
+
+    def __init__(
+        self, fd: int, log: IO[bytes] | None, source: Source | None, screen: Screen | None
+    ):
+        self.fd = fd
+        self.log = log
+        self.source = source
+        self.screen = screen
+
+
+class Relay:
+    """Owns the relay thread; use as a context manager around the launch."""
+
+    def __init__(
+        self,
+        address: str,
+        routes: Routes,
+        stdout: IO[Any] | None = None,
+        stderr: IO[Any] | None = None,
+    ) -> None:
+        self.address = address
+        self._routes = routes
+        self._sinks = {"stdout": Sink(stdout or sys.stdout), "stderr": Sink(stderr or sys.stderr)}
+        screens: dict[tuple[Any, ...], Screen] = {}
+        self._screens = {
+            name: screens.setdefault(sink.key, Screen()) for name, sink in self._sinks.items()
+        }
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._wake_r, self._wake_w = os.pipe()
+        self._streams: set[_Stream] = set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="icelaunch-console", daemon=True)
+
+    def __enter__(self) -> Relay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Listen for workers and start the relay thread."""
+        self._listener.bind("\0" + self.address)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        for fd in (self._listener.fileno(), self._wake_r, self._wake_w):
+            LAUNCHER_FDS.add(fd)
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for sink in self._sinks.values():
+            sink.stream.flush()
+        self._thread.start()
+
+    def close(self) -> None:
+        """Show what the workers wrote up to their end, then stop and join the thread."""
+        if not self._thread.is_alive():
+            return
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        self._thread.join(JOIN_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.warning("the console relay did not stop within %s s", JOIN_TIMEOUT_S)
+
+    # --- the relay thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a relay bug must not hang the launch; the files say the rest
+            logger.exception("the console relay failed")
+        finally:
+            self._shutdown()
+
+    def _serve(self) -> None:
+        drain_until: float | None = None
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._stopping.is_set() and drain_until is None:
+                drain_until = now + DRAIN_TIMEOUT_S
+                self._stop_listening()
+            if drain_until is not None and (not self._streams or now >= drain_until):
+                return
+            waits = [t for t in (deadline, drain_until) if t is not None]
+            timeout = max(0.0, min(waits) - now) if waits else None
+            for key, _ in self._selector.select(timeout):
+                if key.data is not None:
+                    key.data(key)
+            deadline = self._pump(time.monotonic())
+
+    def _pump(self, now: float, final: bool = False) -> float | None:
+        deadlines = [s.pump(now, final) for s in set(self._screens.values())]
+        found = [d for d in deadlines if d is not None]
+        return min(found) if found else None
+
+    def _stop_listening(self) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self._listener)
+        LAUNCHER_FDS.discard(self._listener.fileno())
+        self._listener.close()
+
+    def _shutdown(self) -> None:
+        for stream in list(self._streams):
+            self._drop(stream)
+        self._pump(time.monotonic(), final=True)
+        if self._listener.fileno() >= 0:
+            self._stop_listening()
+        for fd in (self._wake_r, self._wake_w):
+            LAUNCHER_FDS.discard(fd)
+            os.close(fd)
+        self._selector.close()
+
+    def _accept(self, key: selectors.SelectorKey) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        LAUNCHER_FDS.add(conn.fileno())
+        hello = bytearray()
+        self._selector.register(conn, selectors.EVENT_READ, lambda k: self._greet(conn, hello))
+
+    def _greet(self, conn: socket.socket, hello: bytearray) -> None:
+        """Read a worker's hello; answer with its stdout and stderr write ends."""
+        try:
+            data = conn.recv(_HELLO_MAX)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        hello += data
+        if data and b"\n" not in hello and len(hello) < _HELLO_MAX:
+            return
+        self._selector.unregister(conn)
+        LAUNCHER_FDS.discard(conn.fileno())
+        with conn:
+            if data and b"\n" in hello:
+                self._give_streams(conn, json.loads(hello.split(b"\n", 1)[0]))
+
+    def _give_streams(self, conn: socket.socket, who: dict[str, Any]) -> None:
+        write_ends: list[int] = []
+        try:
+            for name in STREAMS:
+                write_ends.append(self._open(who, name))
+            conn.setblocking(True)
+            conn.settimeout(JOIN_TIMEOUT_S)
+            socket.send_fds(conn, [b"ok"], write_ends)
+        except OSError as exc:
+            logger.debug("could not hand rank %s its streams: %s", who.get("rank"), exc)
+        finally:
+            for fd in write_ends:
+                os.close(fd)
+
+    def _open(self, who: dict[str, Any], name: str) -> int:
+        """Start reading one stream of a worker; return the end the worker writes to."""
+        local_rank, attempt = int(who["local_rank"]), int(who["attempt"])
+        sink = self._sinks[name] if self._routes.shown(local_rank, name) else None
+        prefix = expand(self._routes.template, who)
+        read_end, write_end = _pair(sink, len(prefix.decode(errors="replace")))
+        source = screen = None
+        if sink is not None:
+            source = Source(prefix, sink.write, functools.partial(_readable, read_end))
+            screen = self._screens[name]
+        folder = self._routes.rank_dir(attempt, local_rank)
+        log = open(os.path.join(folder, f"{name}.log"), "wb", buffering=0) if folder else None  # noqa: SIM115  (closed with the stream)
+        stream = _Stream(read_end, log, source, screen)
+        self._streams.add(stream)
+        LAUNCHER_FDS.add(read_end)
+        self._selector.register(read_end, selectors.EVENT_READ, lambda k: self._read(stream))
+        return write_end
+
+    def _read(self, stream: _Stream) -> None:
+        try:
+            data = os.read(stream.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EIO: a terminal whose every writer has closed it
+            if exc.errno != errno.EIO:
+                logger.debug("reading worker output failed: %s", exc)
+            data = b""
+        if not data:
+            self._drop(stream)
+            return
+        if stream.log is not None:
+            stream.log.write(data)
+        if stream.source is not None and stream.screen is not None:
+            stream.screen.feed(stream.source, data, time.monotonic())
+
+    def _drop(self, stream: _Stream) -> None:
+        self._streams.discard(stream)
+        if stream.source is not None:
+            stream.source.pending = lambda: False  # the fd number may be reused
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(stream.fd)
+        LAUNCHER_FDS.discard(stream.fd)
+        os.close(stream.fd)
+        if stream.log is not None:
+            stream.log.close()
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has bytes to read now (or is at its end)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+
+
+def _pair(sink: Sink | None, prefix_width: int) -> tuple[int, int]:
+    """(read end, write end) for a worker stream: a raw terminal for a terminal console,
+    as wide as the console less the prefix, so a full-width line fits after it."""
+    if sink is None or not sink.is_tty:
+        read_end, write_end = os.pipe()
+    else:
+        read_end, write_end = os.openpty()
+        tty.setraw(write_end)
+        if sink.winsize is not None:
+            rows, cols, xpixel, ypixel = struct.unpack("HHHH", sink.winsize)
+            cols = max(cols - prefix_width, MIN_COLUMNS)
+            size = struct.pack("HHHH", rows, cols, xpixel, ypixel)
+            fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)
+    os.set_blocking(read_end, False)
+    return read_end, write_end

@@ -1,0 +1,58 @@
+"""A console destination of the relay: the launcher's stdout or stderr at launch time."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import os
+import struct
+import termios
+from typing import IO, Any
+
+
+class Sink:
+    """Writes worker bytes to one of the launcher's streams (a file, a terminal, a
+    notebook's stream object), and says what a worker stream for it should be."""
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+        self._binary: IO[bytes] | None = getattr(stream, "buffer", None)
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        fd = _fileno(stream)
+        self.is_tty = fd is not None and os.isatty(fd)
+        self.winsize = _winsize(fd) if self.is_tty and fd is not None else None
+        self.key: tuple[Any, ...] = ("object", id(stream))
+        if fd is not None:
+            st = os.fstat(fd)
+            self.key = ("file", st.st_dev, st.st_ino, st.st_rdev)
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` now; a console that went away is ignored (the files go on)."""
+        with contextlib.suppress(OSError, ValueError):
+            if self._binary is not None:
+                self.stream.flush()
+                self._binary.write(data)
+                self._binary.flush()
+            else:
+                self.stream.write(self._decode(data))
+                self.stream.flush()
+
+
+def _fileno(stream: IO[Any]) -> int | None:
+    """The stream's file descriptor when it is a real file (not e.g. a notebook stream)."""
+    if getattr(stream, "buffer", None) is None:
+        return None
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _winsize(fd: int) -> bytes | None:
+    """The terminal's window size, as TIOCGWINSZ gives it."""
+    try:
+        size = fcntl.ioctl(fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    except OSError:
+        return None
+    return size if struct.unpack("HHHH", size)[:2] != (0, 0) else None

@@ -1,0 +1,104 @@
+"""``icelaunch stacks [PID]``: the grouped stacks of running launches, from outside.
+
+Launches are found through their job folders (``icelaunch_<pid>_*`` in the
+temp directory); the ranks are asked as the launcher asks them, by the stack
+signal, which they answer from C without stopping their work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from icelaunch._diagnosis import _collect, _format
+
+_JOB_PREFIX = "icelaunch_"
+USAGE = "icelaunch stacks [PID]"
+DESCRIPTION = """\
+Print the Python stacks (all threads) of the workers of a running launch,
+ranks with the same stack shown once, without disturbing them. PID is the
+process that launched (the one running ElasticLauncher or the icelaunch
+command); without it, every launch on this machine that you may see.
+To run a script file named `stacks` instead, write `icelaunch ./stacks`."""
+
+
+def stacks_command(argv: list[str]) -> int:
+    """Run ``icelaunch stacks``; return the exit status (1: no launch found)."""
+    parser = argparse.ArgumentParser(prog="icelaunch stacks", usage=USAGE, description=DESCRIPTION)
+    parser.add_argument("pid", nargs="?", type=int, help="the launching process")
+    args = parser.parse_args(argv)
+    if os.path.exists("stacks") and not argv:
+        print(
+            "icelaunch: note: showing stacks; to run the script ./stacks, write "
+            "`icelaunch ./stacks`",
+            file=sys.stderr,
+        )
+    launches = find_launches(args.pid)
+    if not launches:
+        which = f"with pid {args.pid}" if args.pid else "running"
+        print(f"icelaunch stacks: no icelaunch launch {which} on this machine", file=sys.stderr)
+        return 1
+    shown = [report(pid, folder) for pid, folder in launches]
+    print("\n\n".join(shown))
+    return 0
+
+
+def find_launches(pid: int | None = None) -> list[tuple[int, str]]:
+    """(launcher pid, job folder) of running launches this user may see, oldest pid first."""
+    folder = tempfile.gettempdir()
+    found = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        pid_text = name[len(_JOB_PREFIX) :].split("_", 1)[0]
+        if not name.startswith(_JOB_PREFIX) or not pid_text.isdigit():
+            continue
+        if pid is not None and int(pid_text) != pid:
+            continue
+        path = os.path.join(folder, name)
+        if os.access(path, os.R_OK | os.X_OK) and _alive(int(pid_text)):
+            found.append((int(pid_text), path))
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def report(pid: int, job_dir: str) -> str:
+    """The grouped stacks of the newest attempt of one launch, under a heading."""
+    heading = f"launch {pid} ({_command_line(pid)})"
+    for run_dir in _run_dirs(job_dir):
+        ranks = _collect.ready_ranks(run_dir)
+        if ranks:
+            dumps = _collect.take(run_dir, owner=False)
+            return f"{heading}, {len(ranks)} rank(s):\n{_format.group(dumps, sorted(ranks))}"
+    return f"{heading}: no rank is running Python code of its own yet"
+
+
+def _run_dirs(job_dir: str) -> list[str]:
+    """The launch's run folders, newest first."""
+    try:
+        names = [n for n in os.listdir(job_dir) if n.isdigit()]
+    except OSError:
+        return []
+    return [os.path.join(job_dir, n) for n in sorted(names, key=int, reverse=True)]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            parts = fh.read().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(p.decode(errors="replace") for p in parts if p)[:120]

@@ -1,0 +1,87 @@
+"""The worker processes behind torch's process context, with their true exit statuses.
+
+torch keeps ``multiprocessing.Process`` objects for launched functions
+(``MultiprocessContext._pc.processes``) and ``subprocess.Popen`` objects for
+commands (``SubprocessContext.subprocess_handlers[r].proc``). Those objects are
+the only reliable source of an exit status: a worker forked by the fork server
+is not our child, and only its ``Process`` object hears the status the fork
+server sends through the sentinel pipe. These private attributes are read here
+and nowhere else; ``tests/test_stop.py`` fails loudly if torch renames them.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+
+class WorkerProcess:
+    """One worker: its local rank, pid, and the object that knows how it ended.
+
+    Its pidfd says the moment the process ends; the status may come a little
+    later (the fork server reaps the worker, then writes the status).
+    """
+
+    def __init__(self, local_rank: int, pid: int, handle: BaseProcess | subprocess.Popen[Any]):
+        self.local_rank = local_rank
+        self.pid = pid
+        self.handle = handle
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.pidfd = -1  # already gone
+
+    def exitcode(self) -> int | None:
+        """The true exit status without blocking (``-N`` for signal N), None until known."""
+        if isinstance(self.handle, subprocess.Popen):
+            return self.handle.poll()
+        return self.handle.exitcode
+
+    def status_fd(self) -> int:
+        """A file descriptor that becomes readable once the status is known."""
+        if isinstance(self.handle, BaseProcess):
+            return self.handle.sentinel
+        return self.pidfd
+
+    def dead(self) -> bool:
+        """Whether the process has ended (its status may not be known yet)."""
+        if self.pidfd < 0:
+            return True
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def wait_status(self, timeout: float) -> int | None:
+        """The exit status of a dead worker, waiting up to ``timeout`` for it to be known."""
+        code = self.exitcode()
+        if code is None:
+            select.select([self.status_fd()], [], [], timeout)
+            code = self.exitcode()
+        return code
+
+    def close(self) -> None:
+        """Release the pidfd."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def __repr__(self) -> str:
+        return f"WorkerProcess(local_rank={self.local_rank}, pid={self.pid})"
+
+
+def workers_of(pcontext: Any) -> list[WorkerProcess]:
+    """The workers of torch's ``PContext`` (empty before it started any)."""
+    if pcontext is None:
+        return []
+    pc = getattr(pcontext, "_pc", None)  # MultiprocessContext
+    if pc is not None:
+        return [WorkerProcess(r, int(p.pid), p) for r, p in enumerate(pc.processes)]
+    handlers = getattr(pcontext, "subprocess_handlers", None) or {}  # SubprocessContext
+    return [WorkerProcess(r, int(h.proc.pid), h.proc) for r, h in sorted(handlers.items())]
+
+
+def error_file(pcontext: Any, local_rank: int) -> str:
+    """The torch error file of ``local_rank`` (``""`` if torch gave none)."""
+    files = getattr(pcontext, "error_files", None) or {}
+    return str(files.get(local_rank, ""))

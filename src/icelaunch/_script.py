@@ -1,0 +1,120 @@
+"""``python -m icelaunch._script COMMAND...``: what the ``icelaunch`` command's workers run.
+
+It runs the worker-side set-up (:func:`icelaunch._bootstrap.bootstrap_common`)
+and then the original command in this same process, so the worker's pid is the
+one torch started: ``python -u script.py args`` and ``python -u -m mod args``
+run in-process as Python would run them (``sys.argv``, ``sys.path[0]``,
+``__main__``, ``__file__``); any other command (``--no-python``, another
+interpreter) replaces this process with ``os.execvp``.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from icelaunch._bootstrap import bootstrap_common
+
+_OWN_FILE = os.path.abspath(__file__)
+_UNBUFFERED = "-u"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run a command: a script path, a module name, or an executable."""
+
+    kind: str  # "path", "module" or "exec"
+    target: str
+    args: tuple[str, ...]
+
+
+def plan(command: Sequence[str]) -> Plan:
+    """How :func:`main` runs ``command`` (the argv torch would have started).
+
+    >>> import sys
+    >>> plan([sys.executable, "-u", "train.py", "--lr", "1"])
+    Plan(kind='path', target='train.py', args=('--lr', '1'))
+    >>> plan([sys.executable, "-u", "-m", "pkg.train"])
+    Plan(kind='module', target='pkg.train', args=())
+    >>> plan(["./run.sh", "x"])
+    Plan(kind='exec', target='./run.sh', args=('x',))
+    """
+    if not command:
+        raise ValueError("no command given: python -m icelaunch._script COMMAND [ARGS...]")
+    rest = list(command[1:])
+    if _same_python(command[0]):
+        while rest and rest[0] == _UNBUFFERED:
+            rest.pop(0)
+        if len(rest) >= 2 and rest[0] == "-m":
+            return Plan("module", rest[1], tuple(rest[2:]))
+        if rest and not rest[0].startswith("-"):
+            return Plan("path", rest[0], tuple(rest[1:]))
+    return Plan("exec", command[0], tuple(command[1:]))
+
+
+def _same_python(program: str) -> bool:
+    try:
+        return os.path.samefile(program, sys.executable)
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Set up this worker, then run the command as Python (or exec) would."""
+    how = plan(sys.argv[1:] if argv is None else argv)
+    bootstrap_common()
+    if how.kind == "exec":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(how.target, [how.target, *how.args])
+    run: Callable[[], object]
+    if how.kind == "module":
+        sys.argv = [how.target, *how.args]  # runpy sets argv[0] to the module's file
+        run = lambda: runpy.run_module(how.target, run_name="__main__", alter_sys=True)  # noqa: E731
+    else:
+        sys.argv = [how.target, *how.args]
+        if os.path.isfile(how.target) and not _is_zip(how.target):
+            sys.path[0] = os.path.dirname(os.path.realpath(how.target))
+        else:  # a directory or zip with __main__.py: run_path puts it first itself
+            del sys.path[0]
+        run = lambda: runpy.run_path(how.target, run_name="__main__")  # noqa: E731
+    _run_without_our_frames(run)
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def _run_without_our_frames(run: Callable[[], object]) -> None:
+    """Run; an uncaught exception is reported as Python would, without our frames."""
+    try:
+        run()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        tb = _user_frames(exc.__traceback__)
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        sys.exit(1)
+
+
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without its leading frames from this module and runpy."""
+    first = tb
+    while first is not None and _ours(first.tb_frame):
+        first = first.tb_next
+    return first or tb
+
+
+def _ours(frame: types.FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    return frame.f_globals.get("__name__") == "runpy" or os.path.abspath(filename) == _OWN_FILE
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Process groups that launched functions set up themselves (``process_group=False``).
+
+They get torchrun's ``env://`` variables unchanged. One thing is fixed: with the
+static rendezvous every attempt shares the agent's store (``TORCHELASTIC_USE_AGENT_STORE``),
+and torch's ``env://`` handler adds no per-attempt prefix, so after a restart a
+fast rank could read a dead peer's address from the previous attempt and fail to
+connect. The worker's ``env://`` handler is wrapped to add that prefix.
+
+This reaches into torch's private handler registry (``_rendezvous_handlers``):
+``tests/test_torchrun_compat.py`` fails loudly if torch changes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_ENV = "env"
+
+
+def prefix_env_rendezvous(restart_count: int) -> None:
+    """Make ``init_process_group(init_method="env://")`` in this worker use a store
+    of its own attempt; nothing to do on the first attempt or without the agent's store."""
+    if restart_count == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    handlers = env_handlers()
+    handlers[_ENV] = _prefixed(handlers[_ENV], f"/icelaunch/attempt_{restart_count}")
+
+
+def env_handlers() -> dict[str, Callable[..., Iterator[Any]]]:
+    """torch's registry of ``init_method`` handlers (the module, not the function
+    ``torch.distributed.rendezvous`` that shadows its name)."""
+    import importlib
+
+    module = importlib.import_module("torch.distributed.rendezvous")
+    handlers: dict[str, Callable[..., Iterator[Any]]] = module._rendezvous_handlers
+    return handlers
+
+
+def _prefixed(handler: Callable[..., Iterator[Any]], prefix: str) -> Callable[..., Iterator[Any]]:
+    from torch.distributed import PrefixStore  # type: ignore[attr-defined]
+
+    def env_handler(url: str, **kwargs: Any) -> Iterator[Any]:
+        for store, rank, world_size in handler(url, **kwargs):
+            yield PrefixStore(prefix, store), rank, world_size
+
+    return env_handler

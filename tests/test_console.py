@@ -1,0 +1,533 @@
+"""Worker output as a terminal shows it: live, rank-prefixed, progress bars intact.
+
+Launches run under a real pseudo-terminal (Python's ``pty`` module) or into
+pipes, with real tqdm, and the tests assert on the exact bytes the launcher's
+console received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+from icelaunch._console._screen import HOLD_S, Screen, Source
+from icelaunch._console._text import CR, LINE, NONE, check_template, expand, place_prefixes
+from test_cli import icelaunch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 120
+COLUMNS, ROWS = 100, 30
+PREFIX = "[rank0]: "
+# shutil.get_terminal_size() prefers these to the terminal; a shell rarely exports them
+ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+# --- pure parts -------------------------------------------------------------------------
+
+PLACE_CASES = [
+    (b"a\nb\n", LINE, b"> a\n> b\n", LINE),
+    (b"partial", LINE, b"> partial", NONE),
+    (b" more\n", NONE, b" more\n", LINE),
+    (b"\r 10%\r 20%", NONE, b"\r>  10%\r>  20%", NONE),
+    (b"\r", NONE, b"\r", CR),  # the prefix waits for the redraw's first byte
+    (b"x", CR, b"> x", NONE),
+    (b"\n", CR, b"\n", LINE),  # \r\n line end: no second prefix
+    (b"\n\n", LINE, b"> \n> \n", LINE),  # empty lines carry the prefix too
+    (b"", LINE, b"", LINE),
+]
+
+
+@pytest.mark.parametrize(("data", "state", "shown", "after"), PLACE_CASES)
+def test_prefix_at_line_starts_and_after_carriage_returns(
+    data: bytes, state: int, shown: bytes, after: int
+) -> None:
+    assert place_prefixes(data, b"> ", state) == (shown, after)
+    assert place_prefixes(data, b"", state)[0] == data  # no prefix: bytes unchanged
+
+
+TEMPLATE_CASES = [
+    ("[rank${rank}]: ", "[rank3]: "),
+    ("${role_name}/${group_rank}/${local_rank} ", "trainer/1/2 "),
+    ("$rank$$ ", "3$ "),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), TEMPLATE_CASES)
+def test_prefix_templates(template: str, expected: str) -> None:
+    fields = {"rank": 3, "local_rank": 2, "role_name": "trainer", "group_rank": 1}
+    assert expand(check_template(template), fields) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("${nodename}", r"'\$\{nodename\}' is not one of \$\{rank\}"),
+        ("cost: $5", r"'\$' is not one of"),
+    ],
+)
+def test_bad_templates_are_named(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_template(template)
+    with pytest.raises(TypeError, match="must be str"):
+        check_template(3)
+
+
+def _screen_with(n: int) -> tuple[Screen, list[Source], list[bytes]]:
+    shown: list[bytes] = []
+    screen = Screen()
+    sources = [Source(f"[{i}] ".encode(), shown.append) for i in range(n)]
+    return screen, sources, shown
+
+
+def test_a_partial_line_alone_is_shown_at_once() -> None:
+    screen, (a,), shown = _screen_with(1)
+    screen.feed(a, b"loading...", 0.0)
+    assert screen.pump(0.0) is None
+    assert b"".join(shown) == b"[0] loading..."
+
+
+def test_ranks_never_interleave_mid_line() -> None:
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"a1\na2 ha", 0.0)
+    screen.feed(b, b"b1\nb2 ", 0.0)
+    screen.pump(0.0)
+    screen.feed(a, b"lf\n", 0.001)
+    screen.feed(b, b"half\n", 0.001)
+    screen.pump(0.001)
+    lines = b"".join(shown).split(b"\n")
+    assert lines == [b"[0] a1", b"[1] b1", b"[0] a2 half", b"[1] b2 half", b""]
+
+
+def test_an_open_line_yields_after_hold_and_resumes_with_its_prefix() -> None:
+    screen, (bar, log), shown = _screen_with(2)
+    screen.feed(bar, b"\r 10%", 0.0)
+    screen.pump(0.0)
+    screen.feed(log, b"epoch 1\n", 0.01)
+    deadline = screen.pump(0.01)
+    assert b"".join(shown) == b"\r[0]  10%"  # the bar keeps the line a moment
+    assert deadline == pytest.approx(HOLD_S)
+    screen.pump(HOLD_S)
+    screen.feed(bar, b"\r 20%", HOLD_S + 0.01)
+    screen.pump(HOLD_S + 0.01, final=True)
+    assert b"".join(shown) == b"\r[0]  10%\n[1] epoch 1\n\r[0]  20%\n"
+
+
+def test_a_long_line_keeps_the_screen_while_the_relay_is_slow() -> None:
+    """A starved relay reads the rest of a line late: it still completes the line."""
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"first half", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.001)
+    screen.feed(a, b" second half\n", 1.0)  # read long after HOLD_S
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] first half second half\n[1] other\n"
+
+
+def test_an_open_line_with_bytes_still_to_read_is_not_broken() -> None:
+    shown: list[bytes] = []
+    more = [True]
+    screen = Screen()
+    a = Source(b"[0] ", shown.append, lambda: more[0])
+    b = Source(b"[1] ", shown.append)
+    screen.feed(a, b"writing", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.0)
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing"
+    more[0] = False
+    screen.pump(1.0)
+    assert b"".join(shown) == b"[0] writing\n[1] other\n"
+
+
+def test_a_stale_partial_line_is_shown_while_others_wait() -> None:
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"no newline yet", 0.0)
+    screen.feed(b, b"also partial", 0.0)
+    screen.pump(0.0)
+    assert shown == []
+    screen.pump(HOLD_S)
+    assert b"".join(shown) == b"[0] no newline yet"
+
+
+# --- real launches ----------------------------------------------------------------------
+
+FUNCTION_JOB = """
+import shutil, sys, time
+from tqdm import tqdm
+from icelaunch import ElasticLauncher
+
+def worker(launcher):
+    size = shutil.get_terminal_size()
+    print("SEEN", launcher.rank, sys.stdout.isatty(), sys.stderr.isatty(), size.columns,
+          flush=True)
+    for _ in tqdm(range(5), desc="tq", disable=launcher.rank != 0, mininterval=0, ascii=True):
+        time.sleep(0.01)
+    if launcher.rank == 0:
+        for i in range(4):
+            sys.stderr.write(f"\\rbar {i}/3")
+            sys.stderr.flush()
+            time.sleep(0.01)
+        sys.stderr.write("\\n")
+    return launcher.rank
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5, **OPTIONS).freeze()
+    print("RESULT", launcher(worker, launcher), flush=True)
+"""
+
+SCRIPT_JOB = """
+import shutil, sys, time
+from tqdm import tqdm
+import icelaunch
+
+rank = icelaunch.current().rank
+print("SEEN", rank, sys.stdout.isatty(), sys.stderr.isatty(),
+      shutil.get_terminal_size().columns, flush=True)
+for _ in tqdm(range(5), desc="tq", disable=rank != 0, mininterval=0, ascii=True):
+    time.sleep(0.01)
+"""
+
+
+def _job(tmp_path: Path, code: str, **options: object) -> Path:
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(code).replace("**OPTIONS", f"**{options!r}"))
+    return path
+
+
+def run_in_pty(argv: list[str], cwd: Path) -> tuple[int, bytes]:
+    """Run ``argv`` with a raw pseudo-terminal as stdout and stderr; all it wrote."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # the launcher's bytes arrive unchanged (no \n -> \r\n)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: every process holding the terminal has ended
+                break
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait(timeout=30)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks)
+
+
+def run_in_pipes(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        argv, cwd=cwd, env=ENV, capture_output=True, timeout=RUN_TIMEOUT_S, check=False
+    )
+
+
+def _assert_redraws_in_place(out: bytes, marker: bytes, draws: int | None = None) -> None:
+    """Each redraw of the bar starts with ``\\r`` and the prefix; all on one line."""
+    found = out.count(marker)
+    assert found >= 2 and found == out.count(b"\r" + PREFIX.encode() + marker), out
+    if draws is not None:
+        assert found == draws, out
+    lines = [line for line in out.split(b"\n") if marker in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(b"\r" + PREFIX.encode())
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_a_terminal_shows_progress_bars_in_place(tmp_path: Path) -> None:
+    code, out = run_in_pty([sys.executable, str(_job(tmp_path, FUNCTION_JOB))], tmp_path)
+    assert code == 0, out
+    width = COLUMNS - len(PREFIX)  # a full-width line still fits after the prefix
+    assert f"[rank0]: SEEN 0 True True {width}\n".encode() in out, out
+    assert f"[rank1]: SEEN 1 True True {width}\n".encode() in out, out
+    _assert_redraws_in_place(out, b"tq:")
+    _assert_redraws_in_place(out, b"bar ", draws=4)
+    assert out.split(b"bar 3/3")[1].startswith(b"\n")
+    assert b"[rank0]: [rank" not in out and out.count(b"SEEN 0") == 1
+    assert b"RESULT {0: 0, 1: 1}\n" in out
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_pipes_give_workers_pipes_and_whole_prefixed_lines(tmp_path: Path) -> None:
+    result = run_in_pipes([sys.executable, str(_job(tmp_path, FUNCTION_JOB))], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert b"[rank0]: SEEN 0 False False " in result.stdout
+    assert b"[rank1]: SEEN 1 False False " in result.stdout
+    for line in (result.stdout + result.stderr).split(b"\n"):
+        for part in filter(None, line.split(b"\r")):
+            assert part.startswith((b"[rank0]: ", b"[rank1]: ", b"RESULT ")), line
+    _assert_redraws_in_place(result.stderr, b"bar ", draws=4)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_scripts_under_the_command_see_a_terminal_too(tmp_path: Path) -> None:
+    job = _job(tmp_path, SCRIPT_JOB)
+    code, out = run_in_pty(icelaunch("--devices", "cpu:0-1", str(job)), ROOT)
+    assert code == 0, out
+    width = COLUMNS - len(PREFIX)
+    assert f"[rank0]: SEEN 0 True True {width}\n".encode() in out, out
+    assert f"[rank1]: SEEN 1 True True {width}\n".encode() in out, out
+    _assert_redraws_in_place(out, b"tq:")
+
+
+def _terminal_view(out: bytes) -> list[bytes]:
+    """The lines a terminal leaves on screen: after each ``\\r``, the line is rewritten."""
+    return [line.rsplit(b"\r", 1)[-1] for line in out.split(b"\n")]
+
+
+def test_terminal_view_helper() -> None:
+    assert _terminal_view(b"\r[r]: 1\r[r]: 2\nx") == [b"[r]: 2", b"x"]
+
+
+FLOOD_JOB = """
+import sys
+from icelaunch import ElasticLauncher
+
+LINES = 50_000
+BIG = 1 << 20
+
+def worker(launcher):
+    rank = launcher.rank
+    out = sys.stdout
+    for i in range(LINES):
+        out.write(f"{rank} {i} {'abcdefghij' * 6}\\n")
+        if rank == 0 and i == LINES // 2:
+            out.write("X" * BIG + "\\n")
+    out.flush()
+    sys.stderr.write(f"err {rank} done\\n")
+    return rank
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-3", monitor_interval=0.5, **OPTIONS).freeze()
+    assert launcher(worker, launcher) == {0: 0, 1: 1, 2: 2, 3: 3}
+"""
+FLOOD_LINES, FLOOD_BIG = 50_000, 1 << 20
+
+
+def _expected_stdout(rank: int) -> bytes:
+    lines = [f"{rank} {i} {'abcdefghij' * 6}\n".encode() for i in range(FLOOD_LINES)]
+    if rank == 0:
+        lines.insert(FLOOD_LINES // 2 + 1, b"X" * FLOOD_BIG + b"\n")
+    return b"".join(lines)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 3)
+def test_a_flood_of_lines_from_four_ranks_arrives_whole(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    job = _job(tmp_path, FLOOD_JOB, log_dir=str(logs), rdzv_id="flood")
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        code = subprocess.run(
+            [sys.executable, str(job)], cwd=tmp_path, env=ENV, stdout=out, stderr=err,
+            timeout=RUN_TIMEOUT_S * 2, check=False,
+        ).returncode  # fmt: skip
+    assert code == 0, err_path.read_text()[-3000:]
+    by_rank: dict[int, list[bytes]] = {r: [] for r in range(4)}
+    for line in out_path.read_bytes().split(b"\n")[:-1]:
+        match = re.fullmatch(rb"\[rank(\d)\]: (.*)", line, re.S)
+        assert match, line[:200]
+        by_rank[int(match[1])].append(match[2] + b"\n")
+    for rank in range(4):
+        assert b"".join(by_rank[rank]) == _expected_stdout(rank), rank
+        rank_dir = next(logs.glob(f"flood_*/attempt_0/{rank}"))
+        assert (rank_dir / "stdout.log").read_bytes() == _expected_stdout(rank)
+        assert (rank_dir / "stderr.log").read_bytes() == f"err {rank} done\n".encode()
+        assert f"[rank{rank}]: err {rank} done\n".encode() in err_path.read_bytes()
+
+
+FILTER_JOB = """
+import sys
+from icelaunch import ElasticLauncher
+
+def worker(launcher):
+    print("hello", launcher.rank)
+    print("warn", launcher.rank, file=sys.stderr)
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-2", role="trainer", monitor_interval=0.5, **OPTIONS)
+    launcher.freeze()(worker, launcher)
+"""
+FILTER_SCRIPT = """
+import sys
+import icelaunch
+
+rank = icelaunch.current().rank
+print("hello", rank)
+print("warn", rank, file=sys.stderr)
+"""
+TEMPLATE = "<${role_name}:${local_rank}/${rank}@${group_rank}> "
+
+
+def _check_filtered(stdout: bytes, stderr: bytes, logs: Path) -> None:
+    assert stdout.count(b"hello") == 2 and stderr.count(b"warn") == 2, (stdout, stderr)
+    for rank in (0, 2):
+        assert f"<trainer:{rank}/{rank}@0> hello {rank}\n".encode() in stdout
+        assert f"<trainer:{rank}/{rank}@0> warn {rank}\n".encode() in stderr
+    (rank_one,) = logs.glob("*/attempt_0/1")
+    assert (rank_one / "stdout.log").read_bytes() == b"hello 1\n"  # unprefixed, in its file
+    assert (rank_one / "stderr.log").read_bytes() == b"warn 1\n"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_ranks_filter_and_prefix_template_from_python(tmp_path: Path) -> None:
+    options = {"local_ranks_filter": "0,2", "log_line_prefix_template": TEMPLATE}
+    job = _job(tmp_path, FILTER_JOB, log_dir=str(tmp_path / "logs"), **options)
+    result = run_in_pipes([sys.executable, str(job)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    _check_filtered(result.stdout, result.stderr, tmp_path / "logs")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_ranks_filter_and_prefix_template_from_the_command(tmp_path: Path) -> None:
+    job = _job(tmp_path, FILTER_SCRIPT)
+    argv = icelaunch(
+        "--devices", "cpu:0-2", "--role", "trainer", "--log-dir", str(tmp_path / "logs"),
+        "--local-ranks-filter", "0,2", "--log-line-prefix-template", TEMPLATE, str(job),
+    )  # fmt: skip
+    result = run_in_pipes(argv, ROOT)
+    assert result.returncode == 0, result.stderr
+    _check_filtered(result.stdout, result.stderr, tmp_path / "logs")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_no_prefix_leaves_output_unchanged(tmp_path: Path) -> None:
+    job = _job(tmp_path, FILTER_JOB, local_ranks_filter=[1], log_line_prefix_template="")
+    result = run_in_pipes([sys.executable, str(job)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello 1\n" and result.stderr == b"warn 1\n"
+
+
+FILTER_CASES = [
+    (None, None),
+    ("", None),
+    ("0", (0,)),
+    ("2, 0", (0, 2)),
+    (1, (1,)),
+    ([2, 1], (1, 2)),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), FILTER_CASES)
+def test_ranks_filter_forms(value: object, expected: object) -> None:
+    from icelaunch import ElasticLauncher
+
+    spec = ElasticLauncher("cpu:0-2", local_ranks_filter=value).freeze().spec
+    assert spec.local_ranks_filter == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("3", ValueError, r"invalid local_ranks_filter '3': each entry must be a local rank"),
+        ("0,x", ValueError, r"local rank of this node.s workers, 0-2"),
+        ("-1", ValueError, r"e\.g\. local_ranks_filter='0'"),
+        (True, TypeError, r"local_ranks_filter must be str"),
+        ("", None, ""),
+    ],
+)
+def test_bad_ranks_filter_is_named_at_freeze(
+    value: object, error: type[Exception] | None, message: str
+) -> None:
+    from icelaunch import ElasticLauncher
+
+    launcher = ElasticLauncher("cpu:0-2", local_ranks_filter=value)
+    if error is None:
+        launcher.freeze()
+        return
+    with pytest.raises(error, match=message):
+        launcher.freeze()
+
+
+def test_bad_prefix_template_is_named_at_freeze() -> None:
+    from icelaunch import ElasticLauncher
+
+    with pytest.raises(ValueError, match=r"invalid log_line_prefix_template '\[\$\{worker\}\]'"):
+        ElasticLauncher("cpu:0-1", log_line_prefix_template="[${worker}]").freeze()
+
+
+def test_spec_with_console_options_survives_json() -> None:
+    from icelaunch import ElasticLauncher
+    from icelaunch._spec import spec_from_json, spec_to_json
+
+    spec = ElasticLauncher("cpu:0-2", local_ranks_filter="0,2").freeze().spec
+    assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_torch_log_layout_the_relay_relies_on(tmp_path: Path) -> None:
+    """torch, given Std.NONE, redirects nothing and tails nothing, and makes one folder
+    per attempt and rank (with error.json) in which the relay writes the logs."""
+    from icelaunch._engine._logs import RelayedLogs
+
+    logs = RelayedLogs(str(tmp_path))
+    envs = {r: {"TORCHELASTIC_RUN_ID": "job", "TORCHELASTIC_RESTART_COUNT": "1"} for r in (0, 1)}
+    dest = logs.reify(envs)
+    assert dest.stdouts == dest.stderrs == {0: "", 1: ""}  # "" = the inherited stream
+    assert dest.tee_stdouts == dest.tee_stderrs == {}
+    for rank in (0, 1):
+        folder = logs.rank_dir(1, rank)
+        assert folder is not None and os.path.isdir(folder)
+        assert Path(folder).relative_to(tmp_path).parts[1:] == ("attempt_1", str(rank))
+        assert Path(folder).parent.parent.name.startswith("job_")
+    assert logs.rank_dir(0, 0) is None
+
+
+NOTEBOOK_BAR = """\
+import sys, time
+
+def bar(launcher):
+    if launcher.rank == 0:
+        for i in range(4):
+            sys.stderr.write(f"\\rbar {i}/3")
+            sys.stderr.flush()
+            time.sleep(0.01)
+        sys.stderr.write("\\n")
+    print("done", launcher.rank)
+
+launcher(bar, launcher)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_notebook_cell_shows_a_carriage_return_bar_as_one_line(tmp_path: Path) -> None:
+    from test_notebook import SETUP, _client, _errors, _notebook, _run
+
+    nb = _notebook(SETUP, NOTEBOOK_BAR)
+    with _client(nb, tmp_path) as client:
+        assert not _errors(_run(client, 0))
+        cell = _run(client, 1)
+    assert not _errors(cell), _errors(cell)
+    streams = {o.name: "" for o in cell.outputs if o.output_type == "stream"}
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            streams[o.name] += o.text
+    err = streams.get("stderr", "")
+    assert err.count("\r[rank0]: bar ") == 4, err
+    shown = [line for line in _terminal_view(err.encode()) if b"bar" in line]
+    assert shown == [b"[rank0]: bar 3/3"], err
+    assert "[rank0]: done 0\n" in streams.get("stdout", "")
+    assert "[rank1]: done 1\n" in streams.get("stdout", "")

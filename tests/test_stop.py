@@ -1,0 +1,151 @@
+"""The stop path: torch's pieces it replaces, a stubborn peer, and nothing left behind."""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch.distributed.elastic.agent.server.api as torch_agent_api
+import torch.distributed.elastic.agent.server.local_elastic_agent as torch_local_agent
+import torch.distributed.elastic.multiprocessing.api as torch_mp_api
+from torch.multiprocessing.spawn import ProcessContext
+
+from icelaunch import ElasticLauncher, WorkerFailedError
+from icelaunch._engine import _stop
+from icelaunch._engine._agent import Agent
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+
+# --- torch's pieces the agent overrides or reads: fail loudly if torch changes them ---------
+
+
+def test_torch_stop_and_monitor_methods_are_the_ones_the_agent_overrides() -> None:
+    base = torch_local_agent.LocalElasticAgent
+    for name in ("_stop_workers", "_shutdown", "_monitor_workers", "_start_workers"):
+        assert name in vars(base), f"torch's LocalElasticAgent no longer defines {name}"
+        assert name in vars(Agent), f"Agent must override {name}"
+    assert list(inspect.signature(base._shutdown).parameters) == ["self", "death_sig", "timeout"]
+    assert "_restart_workers" in vars(torch_agent_api.SimpleElasticAgent)
+    # the 30 s default the stop path avoids: _stop_workers calls _shutdown() bare
+    assert "self._shutdown()" in inspect.getsource(base._stop_workers)
+
+
+def test_torch_process_context_attributes_the_agent_reads() -> None:
+    """``_procs.workers_of`` reads these private attributes; so does the stop path rely
+    on command workers leading their own session."""
+    assert "self._pc = mp.start_processes(" in inspect.getsource(torch_mp_api.MultiprocessContext)
+    assert "self.processes = processes" in inspect.getsource(ProcessContext.__init__)
+    assert "self.subprocess_handlers" in inspect.getsource(torch_mp_api.SubprocessContext)
+    popen = inspect.getsource(torch_mp_api.SubprocessHandler._popen)
+    assert 'kwargs["start_new_session"] = True' in popen
+
+
+# --- a stubborn peer: 3 s, not torch's 30 s ----------------------------------------------
+
+
+def stubborn_peer(launcher: ElasticLauncher, stamp: str) -> None:
+    if launcher.rank == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ctypes.CDLL(None).sleep(300)  # in C: no Python signal handling either
+    time.sleep(1)
+    Path(stamp).write_text(str(time.time()))
+    raise ValueError("rank 1 fails")
+
+
+def test_a_peer_ignoring_sigterm_delays_a_failure_by_the_grace_period_only(
+    tmp_path: Path,
+) -> None:
+    stamp = tmp_path / "failed_at"
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    with pytest.raises(WorkerFailedError) as info:
+        launcher(stubborn_peer, launcher, str(stamp))
+    took = time.time() - float(stamp.read_text())
+    print(f"\nstubborn peer: failure -> raise {took:.2f} s")
+    assert info.value.first.rank == 1
+    assert took < 20  # torch's path waits 30 s; ours 3 s (plus a loaded machine)
+
+
+# --- grandchildren -------------------------------------------------------------------------
+
+
+def _spawn_grandchild(pid_file: str, new_session: bool) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=new_session
+    )
+    Path(pid_file).write_text(str(child.pid))
+    return child
+
+
+def parent_of_grandchildren(launcher: ElasticLauncher, tmp: str, how: str) -> int:
+    _spawn_grandchild(os.path.join(tmp, f"same-{launcher.rank}"), new_session=False)
+    _spawn_grandchild(os.path.join(tmp, f"setsid-{launcher.rank}"), new_session=True)
+    Path(tmp, f"ready-{launcher.rank}").write_text("")
+    if how == "success":
+        return 0
+    if launcher.rank == 1:
+        while len(list(Path(tmp).glob("ready-*"))) < 2:
+            time.sleep(0.05)
+        if how == "raise":
+            raise RuntimeError("rank 1 fails")
+        os.kill(os.getpid(), signal.SIGKILL)  # its children are orphaned at once
+    time.sleep(300)
+    return 0
+
+
+def _grandchildren(tmp: Path) -> list[int]:
+    return [int(p.read_text()) for p in tmp.iterdir() if p.name.startswith(("same", "setsid"))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("how", ["raise", "SIGKILL", "success"])
+def test_no_process_started_by_a_worker_outlives_the_launch(tmp_path: Path, how: str) -> None:
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    if how == "success":
+        assert launcher(parent_of_grandchildren, launcher, str(tmp_path), how) == {0: 0, 1: 0}
+    else:
+        with pytest.raises(WorkerFailedError) as info:
+            launcher(parent_of_grandchildren, launcher, str(tmp_path), how)
+        assert info.value.first.rank == 1
+    pids = _grandchildren(tmp_path)
+    assert len(pids) == 4
+    survivors = [p for p in pids if _alive(p)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"grandchildren {survivors} outlived a launch that ended by {how}"
+
+
+def test_descendants_finds_children_of_a_new_session(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "start_new_session=True); time.sleep(60)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := _stop.descendants({child.pid})) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(found) == 1
+    finally:
+        for pid in _stop.descendants({child.pid}):
+            os.kill(pid, signal.SIGKILL)
+        child.kill()
+        child.wait()
