@@ -74,7 +74,12 @@ class Sent:
 
 
 def send(
-    obj: Any, min_bytes: int = MIN_SHARED_BYTES, *, move: bool = True, refuse_cuda: bool = True
+    obj: Any,
+    min_bytes: int = MIN_SHARED_BYTES,
+    *,
+    move: bool = True,
+    refuse_cuda: bool = True,
+    by_reference: bool = False,
 ) -> Sent:
     """Pickle ``obj`` (cloudpickle: ``__main__`` functions by value), large data shared.
 
@@ -82,13 +87,16 @@ def send(
         move: large CPU tensors move to shared memory in place (torch.multiprocessing's
             semantics); False copies them into files of their own instead.
         refuse_cuda: raise for CUDA tensors (False: pickle them by value).
+        by_reference: plain pickle, which fails for classes and functions that
+            cannot be imported by name (instead of sending them by value).
 
     Raises:
         UnsupportedTransferError: ``obj`` holds a CUDA tensor.
     """
     buf = io.BytesIO()
     sent = Sent(b"")
-    pickler = _Pickler(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
+    kind = _PlainPickler if by_reference else _Pickler
+    pickler = kind(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
     try:
         pickler.dump(obj)
         found = pickler.found
@@ -140,15 +148,14 @@ class _Blobs:
         return False
 
 
-class _Pickler(CodePickler):  # type: ignore[misc]
-    """cloudpickle (code sent by value keeps its real file name) with large tensors and
-    buffers taken out of the stream."""
+class _Sharing:
+    """A pickler's part that takes large tensors and buffers out of the stream."""
 
     def __init__(
         self, file: io.BytesIO, min_bytes: int, sent: Sent, *, move: bool, refuse_cuda: bool
     ) -> None:
         self.found = _Blobs(min_bytes)  # no reference back: the pickler is freed at once
-        super().__init__(file, protocol=5, buffer_callback=self.found)
+        super().__init__(file, protocol=5, buffer_callback=self.found)  # type: ignore[call-arg]
         self.min_bytes = min_bytes
         self.move = move
         self.refuse_cuda = refuse_cuda
@@ -211,6 +218,14 @@ _CUDA_MESSAGE = (
     "worker through shared memory, without copies) and move it in the worker with "
     "`t.to(launcher.assigned_device)`"
 )
+
+
+class _Pickler(_Sharing, CodePickler):  # type: ignore[misc]
+    """cloudpickle (code sent by value keeps its real file name), large data shared."""
+
+
+class _PlainPickler(_Sharing, pickle.Pickler):
+    """pickle (classes and functions by reference only), large data shared."""
 
 
 def _shareable(obj: Any, torch: Any) -> bool:
@@ -329,9 +344,13 @@ def as_result(value: Any) -> Shared:
 
     The worker must live until the launcher has unpickled it, as torch's workers
     do: they wait for the launcher to read every return value before exiting.
-    CUDA tensors in results are pickled by value, as before.
+    CUDA tensors in results are pickled by value, as before. Classes and
+    functions go by reference where pickle can, else by value (cloudpickle).
     """
-    sent = send(value, move=False, refuse_cuda=False)
+    try:  # by reference where it can: a forked worker's __main__ classes are the caller's
+        sent = send(value, move=False, refuse_cuda=False, by_reference=True)
+    except Exception:
+        sent = send(value, move=False, refuse_cuda=False)
     if sent.shared:
         _results.append(sent)
     return Shared(sent.payload)
