@@ -39,9 +39,11 @@ class DoneListener:
         self.done: set[int] = set()
         self.attempt = -1
 
-    def new_attempt(self) -> None:
+    def new_attempt(self, restart_count: int) -> None:
+        """Workers start again; they report with torch's ``restart_count``, which a
+        restart for a membership change (a node joined) leaves as it was."""
         self._drain()
-        self.attempt += 1
+        self.attempt = restart_count
         self.done.clear()
 
     def receive(self) -> None:
@@ -124,7 +126,7 @@ class Agent(LocalElasticAgent):
         self._restarting = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
-        self._listener.new_attempt()
+        self._listener.new_attempt(worker_group.spec.max_restarts - self._remaining_restarts)
         self._died, self.exits, self.own_failures = {}, {}, {}
         if self._watch is not None:
             self._watch.new_attempt()
