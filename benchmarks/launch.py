@@ -6,6 +6,7 @@ hits every peer alike. Prints a markdown table and ratios; ``--json PATH``
 writes every sample.
 
     python benchmarks/launch.py [--repeats 3] [--sizes 1,4,8] [--json out.json]
+                                [--peers icelaunch,torchrun] [--scaling 0]
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def table(samples: dict[str, dict[int, list[dict[str, float]]]], sizes: list[int
         "|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
-        base = med(samples["torchrun"][n], "wall_s")
+        base = med(samples["torchrun"][n], "wall_s") if "torchrun" in PEERS else float("nan")
         for peer in PEERS:
             runs = samples[peer][n]
             cells = [stat([s[key] for s in runs]) for key in ("wall_s", "call_s", "return_lag_s")]
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="1,4,8")
     parser.add_argument("--scaling", type=int, default=16, help="also time this many (0: skip)")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--peers", default=",".join(PEERS), help="which to time")
     args = parser.parse_args(argv)
+    PEERS[:] = [p for p in PEERS if p in args.peers.split(",")]
     sizes = [int(x) for x in args.sizes.split(",")]
     began = time.time()
     samples = collect(sizes, args.repeats)

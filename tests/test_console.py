@@ -531,3 +531,36 @@ def test_a_notebook_cell_shows_a_carriage_return_bar_as_one_line(tmp_path: Path)
     assert shown == [b"[rank0]: bar 3/3"], err
     assert "[rank0]: done 0\n" in streams.get("stdout", "")
     assert "[rank1]: done 1\n" in streams.get("stdout", "")
+
+
+def test_the_owner_goes_on_with_its_open_line_while_others_wait() -> None:
+    screen, (a, b), shown = _screen_with(2)
+    screen.feed(a, b"10%", 0.0)
+    screen.pump(0.0)
+    screen.feed(b, b"other\n", 0.0)
+    screen.feed(a, b" 20%", 0.001)
+    screen.pump(0.001)
+    assert b"".join(shown) == b"[0] 10% 20%"
+    screen.pump(1.0, final=True)
+    assert b"".join(shown) == b"[0] 10% 20%\n[1] other\n"
+
+
+def test_torch_still_records_worker_events_where_we_skip_them() -> None:
+    """The agent skips torch's per-worker events for the default "null" handler
+    (each costs a DNS look-up on return); fail loudly if torch renames the hook."""
+    from torch.distributed.elastic.agent.server.api import SimpleElasticAgent, WorkerSpec
+
+    assert callable(SimpleElasticAgent._record_worker_events)
+    assert WorkerSpec.__dataclass_fields__["event_log_handler"].default == "null"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_a_script_traceback_is_prefixed_once_and_reported_once(tmp_path: Path) -> None:
+    job = tmp_path / "boom.py"
+    job.write_text('import os\nif os.environ["RANK"] == "1":\n    raise ValueError("shard 7")\n')
+    result = run_in_pipes(icelaunch("--devices", "cpu:0-1", str(job)), ROOT)
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.decode()
+    assert "[rank1]: Traceback (most recent call last):\n" in err
+    assert "[rank1]: [rank1]" not in err and "runpy" not in err and "_script.py" not in err
+    assert err.count(f'[rank1]:   File "{job}", line 3, in <module>') == 1

@@ -74,7 +74,12 @@ class Sent:
 
 
 def send(
-    obj: Any, min_bytes: int = MIN_SHARED_BYTES, *, move: bool = True, refuse_cuda: bool = True
+    obj: Any,
+    min_bytes: int = MIN_SHARED_BYTES,
+    *,
+    move: bool = True,
+    refuse_cuda: bool = True,
+    main_by_reference: bool = False,
 ) -> Sent:
     """Pickle ``obj`` (cloudpickle: ``__main__`` functions by value), large data shared.
 
@@ -82,6 +87,9 @@ def send(
         move: large CPU tensors move to shared memory in place (torch.multiprocessing's
             semantics); False copies them into files of their own instead.
         refuse_cuda: raise for CUDA tensors (False: pickle them by value).
+        main_by_reference: classes and functions that ``__main__`` of this process
+            names go by reference, as plain pickle sends them (a worker's result: the
+            launcher gets its own class back, e.g. under ``fork``); others by value.
 
     Raises:
         UnsupportedTransferError: ``obj`` holds a CUDA tensor.
@@ -89,6 +97,7 @@ def send(
     buf = io.BytesIO()
     sent = Sent(b"")
     pickler = _Pickler(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
+    pickler.main_by_reference = main_by_reference
     try:
         pickler.dump(obj)
         blob = None
@@ -133,6 +142,12 @@ class _Pickler(CodePickler):  # type: ignore[misc]
         self.blobs: list[memoryview] = []
         self.out_of_band: list[int] = []  # blob index of each out-of-band buffer, in order
         self._copied: dict[int, FdRef] = {}
+        self.main_by_reference = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self.main_by_reference and _named_by_main(obj):
+            return NotImplemented  # plain pickle's reference to __main__.<name>
+        return super().reducer_override(obj)
 
     def persistent_id(self, obj: Any) -> Any:
         kind = type(obj)
@@ -193,6 +208,17 @@ class _Pickler(CodePickler):  # type: ignore[misc]
             as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
             self._copied[key] = _write_file([memoryview(as_bytes).cast("B")], self.sent)
         return self._copied[key]
+
+
+def _named_by_main(obj: Any) -> bool:
+    """Whether ``obj`` is a class or function that ``__main__`` holds under its name."""
+    if not isinstance(obj, type) and not callable(obj):
+        return False
+    if getattr(obj, "__module__", None) != "__main__":
+        return False
+    main = sys.modules.get("__main__")
+    name = getattr(obj, "__qualname__", "")
+    return main is not None and "." not in name and getattr(main, name, None) is obj
 
 
 _CUDA_MESSAGE = (
@@ -321,7 +347,7 @@ def as_result(value: Any) -> Shared:
     do: they wait for the launcher to read every return value before exiting.
     CUDA tensors in results are pickled by value, as before.
     """
-    sent = send(value, move=False, refuse_cuda=False)
+    sent = send(value, move=False, refuse_cuda=False, main_by_reference=True)
     if sent.shared:
         _results.append(sent)
     return Shared(sent.payload)

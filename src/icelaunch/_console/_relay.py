@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from icelaunch._console._screen import Screen, Source
-from icelaunch._console._sink import Sink
+from icelaunch._console._sink import Sink, guard_forks
 from icelaunch._console._text import DEFAULT_TEMPLATE, expand
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ STREAMS = ("stdout", "stderr")
 DRAIN_TIMEOUT_S = 2.0  # after the launch, for output held open by a worker's leftovers
 JOIN_TIMEOUT_S = 5.0
 MIN_COLUMNS = 20  # a worker's terminal is never narrower, however long the prefix
+TAIL_BYTES = 1 << 16
 _READ_SIZE = 1 << 16
 _HELLO_MAX = 4096
 
@@ -78,6 +79,7 @@ class _Stream:
         self.log = log
         self.source = source
         self.screen = screen
+        self.tail: bytearray | None = None  # the last TAIL_BYTES, for a failure report
 
 
 class Relay:
@@ -101,6 +103,7 @@ class Relay:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._wake_r, self._wake_w = os.pipe()
         self._streams: set[_Stream] = set()
+        self._tails: dict[tuple[int, int], bytearray] = {}  # (attempt, local rank) -> stderr
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="icelaunch-console", daemon=True)
 
@@ -113,6 +116,7 @@ class Relay:
 
     def start(self) -> None:
         """Listen for workers and start the relay thread."""
+        guard_forks()
         self._listener.bind("\0" + self.address)
         self._listener.listen(64)
         self._listener.setblocking(False)
@@ -134,6 +138,17 @@ class Relay:
         self._thread.join(JOIN_TIMEOUT_S)
         if self._thread.is_alive():
             logger.warning("the console relay did not stop within %s s", JOIN_TIMEOUT_S)
+
+    def stderr_files(self, attempt: int, folder: str) -> dict[int, str]:
+        """The end of each rank's stderr in ``attempt``, written to files in ``folder``
+        (call after :meth:`close`); local rank -> path."""
+        paths: dict[int, str] = {}
+        for (seen, local_rank), tail in sorted(self._tails.items()):
+            if seen == attempt:
+                paths[local_rank] = os.path.join(folder, f"stderr-{attempt}-{local_rank}.log")
+                with open(paths[local_rank], "wb") as fh:
+                    fh.write(tail)
+        return paths
 
     # --- the relay thread ----------------------------------------------------------------
 
@@ -238,6 +253,8 @@ class Relay:
         folder = self._routes.rank_dir(attempt, local_rank)
         log = open(os.path.join(folder, f"{name}.log"), "wb", buffering=0) if folder else None  # noqa: SIM115  (closed with the stream)
         stream = _Stream(read_end, log, source, screen)
+        if name == "stderr":
+            stream.tail = self._tails.setdefault((attempt, local_rank), bytearray())
         self._streams.add(stream)
         LAUNCHER_FDS.add(read_end)
         self._selector.register(read_end, selectors.EVENT_READ, lambda k: self._read(stream))
@@ -257,6 +274,9 @@ class Relay:
             return
         if stream.log is not None:
             stream.log.write(data)
+        if stream.tail is not None:
+            stream.tail += data
+            del stream.tail[:-TAIL_BYTES]
         if stream.source is not None and stream.screen is not None:
             stream.screen.feed(stream.source, data, time.monotonic())
 

@@ -103,8 +103,9 @@ class Screen:
         cut = len(source.held)
         if contended:
             cut = max(source.held.rfind(b"\n"), source.held.rfind(b"\r")) + 1
-            if cut == 0 and self.owner is not source:  # the owner may go on with its line
-                if not final and not self._idle(source, source.held_since, now):
+            if cut == 0:  # no line end: only the owner goes on with its open line at once
+                waits = self.owner is not source and not final
+                if waits and not self._idle(source, source.held_since, now):
                     return False
                 cut = len(source.held)
         data = bytes(source.held[:cut])

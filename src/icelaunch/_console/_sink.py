@@ -8,7 +8,25 @@ import fcntl
 import os
 import struct
 import termios
+import threading
 from typing import IO, Any
+
+# Held while the relay writes to the launcher's streams, and across every fork: a
+# worker forked (start_method="fork") mid-write would inherit the stream's lock held.
+_WRITING = threading.Lock()
+_hooked = False
+
+
+def guard_forks() -> None:
+    """Make forks of this process wait for a write to the console to finish (once)."""
+    global _hooked
+    if not _hooked:
+        os.register_at_fork(
+            before=_WRITING.acquire,
+            after_in_parent=_WRITING.release,
+            after_in_child=_WRITING.release,
+        )
+        _hooked = True
 
 
 class Sink:
@@ -29,7 +47,7 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now; a console that went away is ignored (the files go on)."""
-        with contextlib.suppress(OSError, ValueError):
+        with _WRITING, contextlib.suppress(OSError, ValueError):
             if self._binary is not None:
                 self.stream.flush()
                 self._binary.write(data)

@@ -262,7 +262,7 @@ def _run_agent(
         with relay:  # shows the workers' output to its end before the result is used
             result = agent.run()
         if result.is_failed():
-            raise _failed(target.name, result, run_dir, agent, logs, _reimports_main(spec, target))
+            raise _failed(target.name, result, run_dir, agent, relay, _reimports_main(spec, target))
         return dict(sorted(result.return_values.items()))
     except _report.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
@@ -286,10 +286,10 @@ def _failed(
     result: RunResult,
     run_dir: str,
     agent: Agent,
-    logs: _logs.RelayedLogs,
+    relay: _console.Relay,
     reimports_main: bool = False,
 ) -> _failures.WorkerFailedError:
-    stderr_files = _stderr_files(logs.root_log_dir, agent.attempt)
+    stderr_files = relay.stderr_files(agent.attempt, run_dir)
     failures = {**agent.own_failures, **result.failures}
     return _report.failed_error(
         name,
@@ -302,20 +302,3 @@ def _failed(
         agent.restarts_used,
         reimports_main,
     )
-
-
-def _stderr_files(root: str, attempt: int) -> dict[int, str]:
-    """Local rank -> newest stderr log of ``attempt`` under ``root`` (a reused log_dir
-    holds earlier runs too)."""
-    found: dict[int, str] = {}
-    for dirpath, _, files in os.walk(root):
-        if "stderr.log" not in files or os.path.basename(os.path.dirname(dirpath)) != (
-            f"attempt_{attempt}"
-        ):
-            continue
-        with contextlib.suppress(ValueError):
-            path = os.path.join(dirpath, "stderr.log")
-            rank = int(os.path.basename(dirpath))
-            if rank not in found or os.path.getmtime(path) > os.path.getmtime(found[rank]):
-                found[rank] = path
-    return found

@@ -51,4 +51,6 @@ def routes(spec: LaunchSpec, logs: RelayedLogs) -> _console.Routes:
         return not int(only_file.get(local_rank, Std.NONE)) & bits[stream]
 
     template = spec.log_line_prefix_template
+    if not spec.log_dir:  # no files to keep: the relay keeps stderr tails in memory
+        return _console.Routes(template=template, shown=shown)
     return _console.Routes(template=template, shown=shown, rank_dir=logs.rank_dir)
