@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scaling", type=int, default=16, help="also time this many (0: skip)")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--peers", default=",".join(PEERS), help="which to time")
+    parser.add_argument("--no-interactive", dest="interactive", action="store_false")
     args = parser.parse_args(argv)
     PEERS[:] = [p for p in PEERS if p in args.peers.split(",")]
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json_path:
         with open(args.json_path, "w") as fh:
             json.dump(result, fh, indent=1)
+    if args.interactive:  # warm relaunch vs the floor, large data, cold start
+        sys.path.insert(0, HERE)
+        import interactive
+
+        interactive.main(["--repeats", str(args.repeats)])
     return result
 
 

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 THIS_FILE = os.path.abspath(__file__)
 SLACK_S = 20.0  # start-up and stop on a loaded two-core machine
+TIMEOUT_S = 25  # above the ranks' start-up on a loaded machine
 
 
 def _here(folder: str, rank: int) -> None:
@@ -81,9 +83,8 @@ def stuck_in_sleep() -> None:
 
 
 def spinning_in_python() -> None:
-    n = 0
-    while True:
-        n += 1
+    while True:  # one instruction: every sample sees the same line
+        pass
 
 
 def rank1_sleeps_others_all_reduce(launcher: ElasticLauncher, folder: str) -> None:
@@ -138,26 +139,28 @@ def crash_in_native_code(launcher: ElasticLauncher) -> None:
 
 
 def test_timeout_names_file_function_and_line_of_the_stuck_rank(tmp_path: Path) -> None:
-    launcher = ElasticLauncher("cpu:0-2", timeout=15).freeze()
+    launcher = ElasticLauncher("cpu:0-2", timeout=TIMEOUT_S).freeze()
     start = time.monotonic()
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(rank1_sleeps_others_all_reduce, launcher, str(tmp_path))
     took = time.monotonic() - start
-    assert_all_gone(_pids(tmp_path))
+    pids = _pids(tmp_path)
+    assert_all_gone(pids)
+    assert len(pids) == 3, f"the ranks had not all started within {TIMEOUT_S} s (overloaded?)"
     err = info.value
     assert isinstance(err, WorkerFailedError) and isinstance(err, TimeoutError)
     assert err.reason == "timeout"
-    assert took < 15 + SLACK_S
+    assert took < TIMEOUT_S + SLACK_S
     assert sorted(err.stacks) == [0, 1, 2]
     message = str(err)
-    assert "timeout=15 s" in message
+    assert f"timeout={TIMEOUT_S} s" in message
     first = message.index("rank 1: time.sleep(600)  (test_diagnosis.py:")
     assert "in stuck_in_sleep)" in message[first:]
     assert message.index("ranks 0,2: dist.all_reduce(torch.ones(1))") > first  # odd one first
     line = stuck_in_sleep.__code__.co_firstlineno + 1
     assert f'> File "{THIS_FILE}", line {line}, in stuck_in_sleep' in err.stacks[1]
     assert "_worker.py" not in message  # icelaunch's bootstrap is left out
-    print(f"\ntimeout=15: raised after {took:.1f} s\n{message}")
+    print(f"\ntimeout={TIMEOUT_S}: raised after {took:.1f} s\n{message}")
 
 
 def test_hang_timeout_judges_eight_ranks_hung_and_groups_them(tmp_path: Path) -> None:
@@ -170,7 +173,7 @@ def test_hang_timeout_judges_eight_ranks_hung_and_groups_them(tmp_path: Path) ->
     message = str(err)
     assert "no rank's Python stack changed" in message and "hang_timeout=3 s" in message
     assert "\nrank 3: time.sleep(600)  (test_diagnosis.py:" in message
-    assert "\nrank 5: n += 1  (test_diagnosis.py:" in message
+    assert re.search(r"\nrank 5: .*\(test_diagnosis\.py:\d+ in spinning_in_python\)", message)
     assert "\nranks 0-2,4,6-7: dist.all_reduce(torch.ones(1))" in message
     assert message.index("rank 3:") < message.index("ranks 0-2,4,6-7:")
     assert sorted(err.stacks) == list(range(8))
@@ -325,7 +328,11 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
     assert_all_gone(_pids(tmp_path))
     assert f'File "{script}", line 26, in raises_in_main' in out
     assert "<dynamic-code>" not in out
-    assert "_worker.py" not in out  # icelaunch's bootstrap frames are left out
+    # icelaunch's bootstrap frames are left out (a retried gloo set-up failure may
+    # have printed some: look only at the tracebacks of the function)
+    for block in out.split("Traceback (most recent call last):")[1:]:
+        if "in raises_in_main" in block:
+            assert "_worker.py" not in block, block
 
 
 def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -502,7 +509,6 @@ if __name__ == "__main__":
     try:
         launcher(eat_memory, launcher, sys.argv[1])
     except WorkerFailedError as err:
-        print("DETAIL", err.details[1].signal_name, err.details[1].message, flush=True)
         print(err, flush=True)
 """
 
@@ -561,14 +567,33 @@ def _remove_cgroup(path: Path, procs: str) -> None:
     raise AssertionError(f"cgroup {path} could not be removed")
 
 
-def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
+OOM_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import icelaunch
+
+def eat_memory_in_a_script():
+    hoard = []
+    while True:
+        hoard.append(bytearray(b"x" * (32 << 20)))
+
+ctx = icelaunch.current()
+Path(sys.argv[1], f"{ctx.rank}.pid").write_text(str(os.getpid()))
+if ctx.rank == 1:
+    eat_memory_in_a_script()
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("what", ["function", "script"])
+def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path, what: str) -> None:
     try:
         cgroup, procs = _make_memory_cgroup(OOM_LIMIT_BYTES)
     except OSError as exc:
         pytest.skip(f"cannot make a memory cgroup here: {exc}")
     try:
-        script = tmp_path / "driver.py"
-        script.write_text(textwrap.dedent(OOM_DRIVER))
+        script = tmp_path / "job.py"
+        script.write_text(textwrap.dedent(OOM_DRIVER if what == "function" else OOM_SCRIPT))
         folder = tmp_path / "ranks"
         folder.mkdir()
         join = str(Path(cgroup, procs))
@@ -577,8 +602,16 @@ def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
             with open(join, "w") as fh:
                 fh.write(str(os.getpid()))
 
+        launch = [
+            sys.executable,
+            "-m",
+            "icelaunch",
+            "--devices",
+            "cpu:0-1",
+            "--monitor-interval=0.5",
+        ]
         result = subprocess.run(
-            [sys.executable, str(script), str(folder)],
+            [*([sys.executable] if what == "function" else launch), str(script), str(folder)],
             capture_output=True,
             text=True,
             timeout=180,
@@ -587,10 +620,12 @@ def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path) -> None:
         assert_all_gone(_pids(folder))
     finally:
         _remove_cgroup(cgroup, procs)
-    detail = next(line for line in result.stdout.splitlines() if line.startswith("DETAIL"))
-    assert detail.startswith("DETAIL SIGKILL killed by the kernel's out-of-memory killer"), (
-        result.stdout + result.stderr
-    )
+    report = result.stdout + result.stderr
+    summary = "rank 1 (local rank 1, signal SIGKILL): killed by the kernel's out-of-memory killer"
+    assert summary in report
+    if what == "script":
+        assert result.returncode == 128 + signal.SIGKILL
+    detail = report.split(summary, 1)[1].splitlines()[0]
     assert "oom_kill 0 -> 1" in detail
     peak = int(detail.split("its peak memory as sampled by the launcher: ")[1].split()[0])
     assert 256 <= peak <= OOM_LIMIT_BYTES >> 20
@@ -632,3 +667,71 @@ def test_a_restart_logs_where_the_running_ranks_were(
     assert_all_gone(_pids(tmp_path))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "where the running ranks were:\nrank 0: time.sleep(600)" in logged
+
+
+HANG_AFTER_STEPS = """
+import time
+import torch, torch.distributed as dist
+import icelaunch
+
+def stuck_in_a_script():
+    time.sleep(600)
+
+ctx = icelaunch.init_process_group()
+for _ in range(3):
+    dist.all_reduce(torch.ones(1))
+if ctx.rank == 1:
+    stuck_in_a_script()
+dist.all_reduce(torch.ones(1))
+"""
+
+
+@pytest.mark.parametrize("option", ["--timeout=30", "--hang-timeout=3"])
+def test_script_time_limits_show_where_the_ranks_are(tmp_path: Path, option: str) -> None:
+    argv, _ = _command(tmp_path, HANG_AFTER_STEPS, option)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 124, result.stderr
+    why = "timeout=30 s" if "=30" in option else "no rank's Python stack changed"
+    assert why in result.stderr
+    assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
+    assert "rank 0: dist.all_reduce(torch.ones(1))  (job.py:14 in <module>)" in result.stderr
+
+
+def test_script_collective_timeout(tmp_path: Path) -> None:
+    # (the group's set-up waits for the peers this long too: the ranks start apart)
+    argv, _ = _command(tmp_path, HANG_AFTER_STEPS, "--collective-timeout=10")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert "rank 0 (local rank 0, exit code 1)" in result.stderr
+    assert "Timed out waiting 10000ms" in result.stderr
+    assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
+
+
+def test_a_script_named_stacks_runs_as_dot_slash_stacks(tmp_path: Path) -> None:
+    (tmp_path / "stacks").write_text('print("the script named stacks ran")\n')
+    run = [sys.executable, "-m", "icelaunch"]
+    script = subprocess.run(
+        [*run, "--devices", "cpu:0", "./stacks"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert script.returncode == 0, script.stderr
+    assert "the script named stacks ran" in script.stdout
+    command = subprocess.run(
+        [*run, "stacks", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "to run the script ./stacks, write `icelaunch ./stacks`" in command.stderr
+    assert "the script named stacks ran" not in command.stdout
+    usage = subprocess.run([*run, "stacks", "x"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "invalid int value: 'x'" in usage.stderr
+
+
+def busy_training(launcher: ElasticLauncher, steps: int) -> int:
+    t = torch.ones(1000)
+    for _ in range(steps):
+        dist.all_reduce(t)  # nearly every stack sample lands here, yet the job progresses
+    return steps
+
+
+def test_hang_timeout_leaves_a_busy_training_loop_alone() -> None:
+    launcher = ElasticLauncher("cpu:0-3", hang_timeout=1).freeze()
+    assert launcher(busy_training, launcher, 2000) == dict.fromkeys(range(4), 2000)

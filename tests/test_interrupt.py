@@ -3,6 +3,7 @@ comes, and a caller that ignores SIGINT."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,3 +110,78 @@ def test_a_caller_that_ignores_sigint_keeps_ignoring_it(tmp_path: Path) -> None:
         proc.wait()
     assert proc.returncode == 0, out
     assert "{0: 7, 1: 7}" in out
+
+
+EARLY = """
+import sys, time
+from pathlib import Path
+from icelaunch import ElasticLauncher
+
+def work():
+    return 0
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    Path(sys.argv[1]).write_text("")
+    try:
+        launcher(work)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(130)
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.2, 0.5, 1.0, 2.0])
+def test_ctrl_c_early_in_a_launch_prints_no_traceback(tmp_path: Path, delay_s: float) -> None:
+    """Ctrl-C at the terminal reaches the whole process group: the launcher and the
+    fork server it is starting (importing torch), or workers it is starting."""
+    script = tmp_path / "early.py"
+    script.write_text(textwrap.dedent(EARLY))
+    stamp = tmp_path / "launching"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(stamp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not stamp.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.01)
+        time.sleep(delay_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in out, out
+    assert proc.returncode == 130 or "finished" in out, out
+
+
+FORK_SERVER_MASK = """
+import multiprocessing.forkserver
+from icelaunch import _forkserver
+
+_forkserver.warm_up()
+pid = multiprocessing.forkserver._forkserver._forkserver_pid
+with open(f"/proc/{pid}/status") as fh:
+    masks = dict(line.split(":") for line in fh if line.startswith(("SigBlk", "SigIgn")))
+print(int(masks["SigBlk"], 16) | int(masks["SigIgn"], 16))
+"""
+
+
+def test_the_fork_server_never_takes_sigint_while_it_imports_torch() -> None:
+    """Blocked while it starts (then ignored, by multiprocessing): a Ctrl-C at the
+    terminal during start-up gives no traceback from it."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER_MASK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) & (1 << (signal.SIGINT - 1))

@@ -192,7 +192,7 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     return _alive(procs)
 
 
-def _interrupted_launch(client: NotebookClient, index: int, pid_dir: Path) -> None:
+def _interrupted_launch(client: NotebookClient, index: int, pid_dir: Path) -> Any:
     """Run cell ``index`` (a launch of sleepers), interrupt it, check the workers are gone."""
     pid_dir.mkdir()
     interrupter = _Interrupter(client.km, pid_dir, nworkers=2)
@@ -208,6 +208,7 @@ def _interrupted_launch(client: NotebookClient, index: int, pid_dir: Path) -> No
     for proc in leftover:
         proc.kill()
     assert not leftover, f"workers survived the interrupt: {leftover}"
+    return cell
 
 
 @pytest.mark.slow
@@ -220,7 +221,12 @@ def test_kernel_interrupt_stops_workers(tmp_path: Path) -> None:
         for index in range(2):
             assert not _errors(_run(client, index))
         _interrupted_launch(client, 2, dirs[False])  # workers get the SIGINT too
-        _interrupted_launch(client, 3, dirs[True])  # workers ignore it: the launcher stops them
+        cell = _interrupted_launch(client, 3, dirs[True])  # workers ignore it: we stop them
+        # where they were, printed before KeyboardInterrupt, names the cell's real file
+        shown = _stream_text(cell)
+        assert "where the running ranks were:" in shown, cell.outputs
+        assert "ranks 0-1: time.sleep(600)  (" in shown and ".py:8 in sleeper)" in shown
+        assert "<dynamic-code>" not in shown
         assert _value(_run(client, 4)) == {0: 100, 1: 101}  # the kernel launches again
 
 

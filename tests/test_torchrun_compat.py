@@ -133,6 +133,7 @@ def inheriting(
     queue.put((launcher.rank, fn(launcher.rank), float(big.sum())))
     if launcher.rank == 0:
         conn.send("from rank 0")
+    dist.barrier()  # no rank leaves while a peer still connects
     return {"rank": launcher.rank, "tensor": torch.full((2,), launcher.rank)}
 
 
@@ -182,6 +183,7 @@ def test_spawn_cannot_send_what_only_fork_inherits_and_says_so(make: Any, sign: 
 
 
 def run_id(launcher: ElasticLauncher) -> tuple[str, str]:
+    dist.barrier()  # no rank leaves while a peer still connects
     return os.environ["TORCHELASTIC_RUN_ID"], launcher.rdzv_id
 
 

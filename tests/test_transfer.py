@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,14 @@ def test_tensors_move_to_shared_memory_and_writes_are_seen_by_all() -> None:
     assert first.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
     sent.close()
     assert t[10] == 5.0  # the caller's tensor lives on after the payload is closed
+
+
+def test_the_caller_frees_its_tensor_as_soon_as_it_drops_it() -> None:
+    t = torch.zeros(MB)
+    alive = weakref.ref(t)
+    _transfer.send({"t": t}).close()
+    del t  # no garbage collection needed: nothing of the send refers to it
+    assert alive() is None
 
 
 def test_arrays_and_buffers_are_copy_on_write() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -140,20 +141,11 @@ class LaunchTimeoutError(WorkerFailedError, TimeoutError):
     ``stacks`` holds each rank's stack, ``reason`` is ``"timeout"`` or ``"hang"``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        failures: dict[int, ProcessFailure],
-        details: dict[int, RankFailure],
-        exceptions: dict[int, BaseException],
-        before_user_code: bool = False,
-        stacks: dict[int, str] | None = None,
-        reason: str = "timeout",
-        why: str = "",
-    ) -> None:
+    def __init__(self, *args: Any, reason: str = "timeout", why: str = "", **kwargs: Any) -> None:
+        """``WorkerFailedError``'s arguments, then why the launch was stopped."""
         self.reason = reason
         self.why = why
-        super().__init__(name, failures, details, exceptions, before_user_code, stacks)
+        super().__init__(*args, **kwargs)
 
     def format_msg(self, boarder_delim: str = "=", section_delim: str = "-") -> str:
         """Why the launch was stopped, then where every rank was."""
@@ -162,8 +154,8 @@ class LaunchTimeoutError(WorkerFailedError, TimeoutError):
         return "\n".join(lines)
 
     def __reduce__(self) -> Any:
-        reduced = super().__reduce__()
-        return (type(self), (*reduced[1], self.reason, self.why))
+        rebuild = functools.partial(type(self), reason=self.reason, why=self.why)
+        return (rebuild, super().__reduce__()[1])
 
 
 def _diagnosis_view(stacks: dict[int, str]) -> str:

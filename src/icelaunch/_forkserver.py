@@ -5,12 +5,16 @@ Imports no torch, so :func:`warm_up` can run before the program imports it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import shutil
+import signal
 import tempfile
-from multiprocessing import process, util
+import time
+from collections.abc import Iterator
+from multiprocessing import process, resource_tracker, util
 
 from icelaunch._spec import LaunchSpec
 
@@ -38,7 +42,44 @@ def warm_up(spec: LaunchSpec | None = None) -> None:
     if spec is None or spec.warm_start:
         multiprocessing.set_forkserver_preload(PRELOAD)
     _short_socket_folder()
-    multiprocessing.forkserver.ensure_running()
+    resource_tracker.ensure_running()  # first: it unblocks SIGINT when it starts
+    with _sigint_blocked():  # inherited by the server while it imports torch
+        multiprocessing.forkserver.ensure_running()
+
+
+def wait_ready(timeout: float = 300.0) -> None:
+    """Return once the fork server has imported its preload modules (or after ``timeout``).
+
+    Workers can only be forked after that; waiting here, in short steps that answer
+    Ctrl-C, keeps the start of the workers themselves short. The server ignores
+    SIGINT from the moment its preload is done: that is the sign read in /proc.
+    """
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    deadline = time.monotonic() + timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                ignored = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn"))
+        except (OSError, StopIteration, ValueError):
+            return
+        if ignored & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while the fork server starts: the server inherits
+    the mask, so a Ctrl-C to the terminal's process group during its imports prints
+    no traceback from it. Here a SIGINT is only delayed, not lost.
+
+    Workers unblock it at bootstrap (``_worker._tie_to_parent``).
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _SUN_PATH_MAX = 107  # bytes of an AF_UNIX path, without the final NUL

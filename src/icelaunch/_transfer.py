@@ -74,7 +74,12 @@ class Sent:
 
 
 def send(
-    obj: Any, min_bytes: int = MIN_SHARED_BYTES, *, move: bool = True, refuse_cuda: bool = True
+    obj: Any,
+    min_bytes: int = MIN_SHARED_BYTES,
+    *,
+    move: bool = True,
+    refuse_cuda: bool = True,
+    by_reference: bool = False,
 ) -> Sent:
     """Pickle ``obj`` (cloudpickle: ``__main__`` functions by value), large data shared.
 
@@ -82,23 +87,27 @@ def send(
         move: large CPU tensors move to shared memory in place (torch.multiprocessing's
             semantics); False copies them into files of their own instead.
         refuse_cuda: raise for CUDA tensors (False: pickle them by value).
+        by_reference: plain pickle, which fails for classes and functions that
+            cannot be imported by name (instead of sending them by value).
 
     Raises:
         UnsupportedTransferError: ``obj`` holds a CUDA tensor.
     """
     buf = io.BytesIO()
     sent = Sent(b"")
-    pickler = _Pickler(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
+    kind = _PlainPickler if by_reference else _Pickler
+    pickler = kind(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
     try:
         pickler.dump(obj)
-        blob = None
-        if pickler.blobs:
-            blob = _write_file(pickler.blobs, sent)
+        found = pickler.found
+        blob = _write_file(found.views, sent) if found.views else None
     except BaseException:
         sent.close()
         raise
-    layout = _layout(pickler.blobs)
-    sent.payload = pickle.dumps((blob, layout, pickler.out_of_band, buf.getvalue()), protocol=5)
+    finally:
+        pickler.clear_memo()  # drops its references to everything pickled
+    layout = _layout(found.views)
+    sent.payload = pickle.dumps((blob, layout, found.out_of_band, buf.getvalue()), protocol=5)
     return sent
 
 
@@ -118,20 +127,39 @@ def receive(payload: bytes) -> Any:
     return unpickler.load()
 
 
-class _Pickler(CodePickler):  # type: ignore[misc]
-    """cloudpickle (code sent by value keeps its real file name) with large tensors and
-    buffers taken out of the stream."""
+class _Blobs:
+    """Large buffers taken out of a pickle stream, in the order they appeared."""
+
+    def __init__(self, min_bytes: int) -> None:
+        self.min_bytes = min_bytes
+        self.views: list[memoryview] = []
+        self.out_of_band: list[int] = []  # index in views of each out-of-band buffer
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool:
+        """numpy arrays (and explicit PickleBuffers): large ones out of band (return False)."""
+        try:
+            raw = buf.raw()
+        except (BufferError, ValueError):
+            return True
+        if raw.nbytes < self.min_bytes:
+            return True
+        self.out_of_band.append(len(self.views))
+        self.views.append(raw)
+        return False
+
+
+class _Sharing:
+    """A pickler's part that takes large tensors and buffers out of the stream."""
 
     def __init__(
         self, file: io.BytesIO, min_bytes: int, sent: Sent, *, move: bool, refuse_cuda: bool
     ) -> None:
-        super().__init__(file, protocol=5, buffer_callback=self._buffer)
+        self.found = _Blobs(min_bytes)  # no reference back: the pickler is freed at once
+        super().__init__(file, protocol=5, buffer_callback=self.found)  # type: ignore[call-arg]
         self.min_bytes = min_bytes
         self.move = move
         self.refuse_cuda = refuse_cuda
         self.sent = sent
-        self.blobs: list[memoryview] = []
-        self.out_of_band: list[int] = []  # blob index of each out-of-band buffer, in order
         self._copied: dict[int, FdRef] = {}
 
     def persistent_id(self, obj: Any) -> Any:
@@ -145,26 +173,15 @@ class _Pickler(CodePickler):  # type: ignore[misc]
             return self._tensor(obj)
         return None
 
-    def _buffer(self, buf: pickle.PickleBuffer) -> bool:
-        """numpy arrays (and explicit PickleBuffers): large ones out of band (return False)."""
-        try:
-            raw = buf.raw()
-        except (BufferError, ValueError):
-            return True
-        if raw.nbytes < self.min_bytes:
-            return True
-        self.out_of_band.append(len(self.blobs))
-        self.blobs.append(raw)
-        return False
-
     def _bytes_like(self, obj: bytes | bytearray | memoryview) -> Any:
         view = memoryview(obj)
         if view.nbytes < self.min_bytes or not view.contiguous:
             return None
-        self.blobs.append(view.cast("B"))
+        self.found.views.append(view.cast("B"))
+        index = len(self.found.views) - 1
         if type(obj) is memoryview:
-            return ("memoryview", len(self.blobs) - 1, view.format, view.shape)
-        return (type(obj).__name__, len(self.blobs) - 1)
+            return ("memoryview", index, view.format, view.shape)
+        return (type(obj).__name__, index)
 
     def _tensor(self, obj: Any) -> Any:
         if obj.device.type == "cuda" and self.refuse_cuda:
@@ -201,6 +218,14 @@ _CUDA_MESSAGE = (
     "worker through shared memory, without copies) and move it in the worker with "
     "`t.to(launcher.assigned_device)`"
 )
+
+
+class _Pickler(_Sharing, CodePickler):  # type: ignore[misc]
+    """cloudpickle (code sent by value keeps its real file name), large data shared."""
+
+
+class _PlainPickler(_Sharing, pickle.Pickler):
+    """pickle (classes and functions by reference only), large data shared."""
 
 
 def _shareable(obj: Any, torch: Any) -> bool:
@@ -319,9 +344,13 @@ def as_result(value: Any) -> Shared:
 
     The worker must live until the launcher has unpickled it, as torch's workers
     do: they wait for the launcher to read every return value before exiting.
-    CUDA tensors in results are pickled by value, as before.
+    CUDA tensors in results are pickled by value, as before. Classes and
+    functions go by reference where pickle can, else by value (cloudpickle).
     """
-    sent = send(value, move=False, refuse_cuda=False)
+    try:  # by reference where it can: a forked worker's __main__ classes are the caller's
+        sent = send(value, move=False, refuse_cuda=False, by_reference=True)
+    except Exception:
+        sent = send(value, move=False, refuse_cuda=False)
     if sent.shared:
         _results.append(sent)
     return Shared(sent.payload)

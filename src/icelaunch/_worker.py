@@ -89,6 +89,7 @@ class WorkerContext:
 
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 SPEC_ENV = "ICELAUNCH_SPEC"  # set for launched scripts by _engine.launch_command
 _current: WorkerContext | None = None
 
@@ -219,6 +220,7 @@ def _tie_to_parent(job: Job) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held by a forking launcher
     with contextlib.suppress(OSError):  # already a session leader
         os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
     if sys.platform.startswith("linux"):

@@ -9,23 +9,26 @@ source of truth. ``--help`` does not import torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
+import re
 import shutil
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from icelaunch import __version__
+from icelaunch import __version__, _torchrun
 from icelaunch._launcher import ElasticLauncher
 from icelaunch._spec import LaunchSpec
 
 PROG = "icelaunch"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TIMEOUT = 124  # --timeout or --hang-timeout stopped the launch, as timeout(1) reports
 
 HELP = {
     "devices": "devices of this node, one worker each (grammar below)",
@@ -53,6 +56,11 @@ HELP = {
     "(all when unset); the others still write their log files",
     "log_line_prefix_template": "prefix of every console line and \\r redraw: ${rank}, "
     "${local_rank}, ${role_name}, ${group_rank}, ${hostname}; '' for none",
+    "timeout": "seconds for the whole launch; then the ranks' stacks are shown and they stop",
+    "hang_timeout": "seconds without any rank's Python stack changing before the job is "
+    "judged hung (stacks shown, workers stopped)",
+    "collective_timeout": "seconds a collective waits for its peers before it raises "
+    "(init_process_group's timeout; gloo and nccl)",
 }
 ALIASES = {"rdzv_configs": ("--rdzv-conf", "--rdzv_conf"), "redirects": ("-r",), "tee": ("-t",)}
 METAVARS = {
@@ -76,8 +84,11 @@ METAVARS = {
     "omp_num_threads": "N",
     "local_ranks_filter": "RANKS",
     "log_line_prefix_template": "TEMPLATE",
+    "timeout": "SECONDS",
+    "hang_timeout": "SECONDS",
+    "collective_timeout": "SECONDS",
 }
-CONSOLE_OPTIONS = ("local_ranks_filter", "log_line_prefix_template")
+FUNCTION_ONLY = ("warm_start", "process_group")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
 
 USAGE = (
@@ -113,7 +124,13 @@ examples:
 exit status:
   0 when every worker succeeds; else the exit code of the first worker to fail
   (128+N when signal N killed it) with the failure report on stderr; 2 for
-  usage errors; 130 on Ctrl-C."""
+  usage errors; 124 when --timeout or --hang-timeout stopped it; 130 on Ctrl-C.
+
+while a launch runs:
+  icelaunch stacks [PID]   the Python stacks of its workers, grouped, without
+                           disturbing them (PID: the launching process; none:
+                           every launch you may see). A script file named
+                           stacks runs as `icelaunch ./stacks`."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,7 @@ class Invocation:
     spec: LaunchSpec
     command: tuple[str, ...]
     dry_run: bool = False
+    signals_to_handle: str | None = None  # torchrun's --signals-to-handle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,13 +173,13 @@ def _main(argv: list[str]) -> int:
 
 
 def _freeze_parameters() -> list[inspect.Parameter]:
-    """The seed's parameters, from ``ElasticLauncher.__freeze__``.
+    """The parameters of ``ElasticLauncher.__freeze__`` that are options of the command.
 
-    Its keyword-only extras (``warm_start``) concern function launches only: a
-    launched script always starts in a fresh interpreter.
+    All but those that concern function launches only (``FUNCTION_ONLY``): a launched
+    script always starts in a fresh interpreter and sets up its own process group.
     """
     parameters = inspect.signature(ElasticLauncher.__freeze__).parameters.values()
-    return [p for p in parameters if p.name != "self" and p.kind is not p.KEYWORD_ONLY]
+    return [p for p in parameters if p.name not in ("self", *FUNCTION_ONLY)]
 
 
 def _converter(param: inspect.Parameter) -> Callable[[str], Any] | None:
@@ -195,9 +213,17 @@ def _add_option(group: argparse._ArgumentGroup, name: str, **kwargs: Any) -> Non
         group.add_argument(*hidden, dest=name, **{**kwargs, "help": argparse.SUPPRESS})
 
 
+def _documented(name: str) -> str:
+    """The parameter's description in ``ElasticLauncher.__freeze__``'s docstring (Args:),
+    so that a new keyword-only parameter needs no entry in ``HELP``."""
+    doc = inspect.getdoc(ElasticLauncher.__freeze__) or ""
+    match = re.search(rf"^ {{4}}{name}: (.+?)(?=^ {{4}}\w+: |^\S|\Z)", doc, re.S | re.M)
+    return " ".join(match.group(1).split()) if match else name.replace("_", " ")
+
+
 def _add_parameter(group: argparse._ArgumentGroup, param: inspect.Parameter) -> None:
     convert = _converter(param)
-    help_text = HELP.get(param.name, param.name)
+    help_text = HELP.get(param.name) or _documented(param.name)
     if convert is None:
         action = "store_true" if param.default is False else argparse.BooleanOptionalAction
         _add_option(group, param.name, action=action, help=help_text)
@@ -221,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     launch = parser.add_argument_group("launch options (the parameters of ElasticLauncher)")
     for param in _freeze_parameters():
         _add_parameter(launch, param)
-    _add_console_options(launch)
+    _add_torchrun_options(parser)
+    _add_command_arguments(parser)
+    return parser
+
+
+def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
+    """torchrun's options that are no launcher parameter: accepted, or refused with why."""
     torchrun = parser.add_argument_group("torchrun spellings")
     _add_option(
         torchrun,
@@ -229,22 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|gpu|cpu|auto",
         help="workers on this node, instead of --devices (see devices below)",
     )
-    _add_command_arguments(parser)
-    return parser
-
-
-def _add_console_options(group: argparse._ArgumentGroup) -> None:
-    """The console options of ``ElasticLauncher`` (keyword-only), unless already flags."""
-    have = {p.name for p in _freeze_parameters()}
-    for param in inspect.signature(ElasticLauncher.__freeze__).parameters.values():
-        if param.name in CONSOLE_OPTIONS and param.name not in have:
-            _add_option(
-                group,
-                param.name,
-                type=str,
-                metavar=METAVARS[param.name],
-                help=f"{HELP[param.name]} (default: {_shown(param.default)})",
-            )
+    _add_option(
+        torchrun,
+        "local_addr",
+        metavar="HOST",
+        help="this node's address for c10d/etcd-v2 (the same as --rdzv-conf local_addr=HOST)",
+    )
+    _add_option(
+        torchrun,
+        "signals_to_handle",
+        metavar="SIG,...",
+        help="signals that stop the workers and the command (default: "
+        "SIGTERM,SIGINT,SIGHUP,SIGQUIT)",
+    )
+    _add_option(
+        torchrun,
+        "run_path",
+        action="store_true",
+        help="accepted: the script already runs in the worker's own interpreter",
+    )
+    refused = parser.add_argument_group("torchrun options that icelaunch refuses (the reason)")
+    for name, (why, _) in _torchrun.REFUSED.items():
+        _add_option(refused, name, nargs="?", const="", metavar="...", help=why)
 
 
 def _add_command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -282,15 +320,55 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> Invocation:
         TypeError: a value has the wrong type.
     """
     given = vars(parser.parse_args(argv))
+    for name in _torchrun.REFUSED:
+        if name in given:
+            raise ValueError(_torchrun.refusal(name))
+    given.update(_env_options(given))
     options = {p.name: given[p.name] for p in _freeze_parameters() if p.name in given}
-    options.update({name: given[name] for name in CONSOLE_OPTIONS if name in given})
+    if "local_addr" in given:
+        local = f"local_addr={given['local_addr']}"
+        options["rdzv_configs"] = ",".join(filter(None, (options.get("rdzv_configs"), local)))
     if "nproc_per_node" in given:
         if "devices" in options:
             raise ValueError("give --devices or --nproc-per-node, not both")
         options["devices"] = devices_for_nproc(given["nproc_per_node"])
     spec = ElasticLauncher(**options).freeze().spec
     command = _command(given)
-    return Invocation(spec, command, bool(given.get("dry_run", False)))
+    signals = given.get("signals_to_handle")
+    signals = None if signals is None else _torchrun.check_signals(signals)
+    return Invocation(spec, command, bool(given.get("dry_run", False)), signals)
+
+
+def _env_options(given: dict[str, Any]) -> dict[str, Any]:
+    """torchrun's ``PET_*`` forms of the options not on the command line.
+
+    Those that place the node in a job (``PET_NNODES``, ...) are left to
+    ``ElasticLauncher.freeze()``, which reads them as for a function launch.
+    """
+    from icelaunch import _cluster
+
+    params = {p.name: p for p in _freeze_parameters()}
+    by_cluster = {f.param for f in _cluster.TORCHRUN_FIELDS}
+    accepted = {
+        t: _torchrun.RENAMED.get(t, t)
+        for t in _torchrun.ACCEPTED
+        if _torchrun.RENAMED.get(t, t) not in by_cluster
+    }
+    if "devices" in given:
+        accepted.pop("nproc_per_node", None)  # an explicit --devices wins
+    found = _torchrun.env_defaults(os.environ, accepted, given)
+    for dest, value in found.items():
+        convert = _converter(params[dest]) if dest in params else None
+        if convert is not None and isinstance(value, str):
+            name = _torchrun.env_name(next(t for t, d in accepted.items() if d == dest))
+            try:
+                found[dest] = convert(value)
+            except ValueError:
+                raise ValueError(
+                    f"invalid environment variable {name}={value!r}: must be "
+                    f"{convert.__name__}, as for --{dest.replace('_', '-')}"
+                ) from None
+    return found
 
 
 def devices_for_nproc(value: str) -> str:
@@ -340,10 +418,11 @@ def run(invocation: Invocation) -> int:
     from icelaunch._ports import PortBusyError
 
     try:
-        _engine.launch_command(invocation.spec, list(invocation.command))
+        with _signals_handled(invocation.signals_to_handle):
+            _engine.launch_command(invocation.spec, list(invocation.command))
     except WorkerFailedError as err:
         print(err, file=sys.stderr)
-        return exit_status(err.first.exitcode)
+        return EXIT_TIMEOUT if isinstance(err, TimeoutError) else exit_status(err.first.exitcode)
     except LaunchInterruptedError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 128 + err.signal
@@ -354,6 +433,21 @@ def run(invocation: Invocation) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+@contextlib.contextmanager
+def _signals_handled(signals: str | None) -> Iterator[None]:
+    """Have torch's agent stop the workers on ``signals``, as torchrun does (its variable)."""
+    saved = os.environ.get(_torchrun.SIGNALS_ENV)
+    if signals is not None:
+        os.environ[_torchrun.SIGNALS_ENV] = signals
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_torchrun.SIGNALS_ENV, None)
+        else:
+            os.environ[_torchrun.SIGNALS_ENV] = saved
 
 
 def exit_status(exitcode: int) -> int:

@@ -28,8 +28,11 @@ def stacks_command(argv: list[str]) -> int:
     """Run ``icelaunch stacks``; return the exit status (1: no launch found)."""
     parser = argparse.ArgumentParser(prog="icelaunch stacks", usage=USAGE, description=DESCRIPTION)
     parser.add_argument("pid", nargs="?", type=int, help="the launching process")
-    args = parser.parse_args(argv)
-    if os.path.exists("stacks") and not argv:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    if os.path.isfile("stacks"):
         print(
             "icelaunch: note: showing stacks; to run the script ./stacks, write "
             "`icelaunch ./stacks`",

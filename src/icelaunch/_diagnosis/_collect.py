@@ -13,7 +13,10 @@ from icelaunch._diagnosis import _files
 from icelaunch._diagnosis._worker_side import STACK_SIGNAL
 
 TOTAL_BOUND_S = 1.0  # for all ranks together
-_SETTLED_S = 0.03  # a dump that did not grow for this long is complete
+_SETTLED_S = 0.03  # a dump that ends at a process's outermost frame is complete after this
+_SETTLED_LONG_S = 0.25  # any other dump that did not grow for this long is taken as complete
+# faulthandler lists the oldest (main) thread last, its outermost frame last of all
+_OUTERMOST = re.compile(r'File ".*", line \d+ in (<module>|_run_module_as_main)\n$')
 _POLL_S = 0.01
 _MAX_FILE_BYTES = 1 << 20  # the launcher empties a rank's dump file past this size
 _READY = re.compile(r"^stacks-(\d+)-(\d+)\.pid$")
@@ -114,7 +117,7 @@ def _read_dumps(ranks: dict[int, Rank], offsets: dict[int, int], bound: float) -
             text = _read_from(ranks[r].path, offsets[r])
             if text != texts.get(r):
                 texts[r], changed[r] = text, now
-            elif text.endswith("\n") and now - changed[r] >= _SETTLED_S:
+            elif text.endswith("\n") and now - changed[r] >= _settle_time(text):
                 pending.discard(r)
     return {r: text for r, text in sorted(texts.items()) if text}
 
@@ -126,3 +129,8 @@ def _read_from(path: str, offset: int) -> str:
             return fh.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _settle_time(text: str) -> float:
+    """How long a dump must stay unchanged to be taken as complete."""
+    return _SETTLED_S if _OUTERMOST.search(text[-400:]) else _SETTLED_LONG_S

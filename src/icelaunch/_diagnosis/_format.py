@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+|\?\?\?) in (.*)$')
 _THREAD = re.compile(r"^(Current thread|Thread) (0x[0-9a-fA-F]+)")
-_ICELAUNCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# icelaunch's own files, wherever the launch being looked at runs it from
+_ICELAUNCH_FILE = re.compile(r"[/\\]icelaunch[/\\](?:_[a-z]+[/\\])?_?[a-z_]+\.py$")
 _MACHINERY_PARTS = (
     os.sep + os.path.join("multiprocessing", ""),
     os.sep + os.path.join("torch", "distributed", "elastic", ""),
@@ -72,15 +73,24 @@ def is_machinery(frame: Frame) -> bool:
     """Whether ``frame`` belongs to the launch machinery, not the user's program."""
     path = frame.file
     return (
-        path.startswith(_ICELAUNCH_DIR + os.sep)
+        is_icelaunch(path)
         or path in _MACHINERY_NAMES
         or any(part in path for part in _MACHINERY_PARTS)
     )
 
 
+def is_icelaunch(path: str) -> bool:
+    """Whether ``path`` is one of icelaunch's own modules.
+
+    >>> is_icelaunch("/x/site-packages/icelaunch/_engine/_agent.py"), is_icelaunch("/w/train.py")
+    (True, False)
+    """
+    return _ICELAUNCH_FILE.search(path) is not None
+
+
 def is_library(frame: Frame) -> bool:
     """Whether ``frame`` is in the standard library, an installed package or icelaunch."""
-    if frame.file.startswith("<frozen ") or frame.file.startswith(_ICELAUNCH_DIR + os.sep):
+    if frame.file.startswith("<frozen ") or is_icelaunch(frame.file):
         return True
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}

@@ -43,9 +43,16 @@ def failed_error(
         rank: _explained(detail, run_dir, attempt, watch) for rank, detail in err.details.items()
     }
     stacks = watch.stacks if watch is not None else {}
+    # a rank that failed on its own says where in its traceback; its stack at the
+    # stop would show it writing that report
+    stacks = {r: text for r, text in stacks.items() if not _own_failure(details.get(r))}
     return _failures.WorkerFailedError(
         name, err.failures, details, err.exceptions, err.before_user_code, stacks, err.restarts
     )
+
+
+def _own_failure(detail: _failures.RankFailure | None) -> bool:
+    return detail is not None and bool(detail.exc_type) and bool(detail.traceback)
 
 
 def _explained(
@@ -55,7 +62,8 @@ def _explained(
     if detail.signal_name in _CRASH_SIGNALS and not detail.traceback:
         crash = crash_stack(_files.crash_path(run_dir, attempt, detail.local_rank))
         if crash:
-            return dataclasses.replace(detail, traceback=crash)
+            message = f"crashed in native code ({detail.signal_name}); its Python stack is below"
+            return dataclasses.replace(detail, traceback=crash, message=message)
     if detail.signal_name == "SIGKILL" and watch is not None:
         cause = watch.memory.explain_kill(detail.rank)
         if cause:
@@ -104,7 +112,7 @@ def stopped_error(
             traceback=stacks.get(w.global_rank, ""),
         )
     return _failures.LaunchTimeoutError(
-        name, failures, details, {}, False, stacks, stop.reason, stop.message
+        name, failures, details, {}, stacks=stacks, reason=stop.reason, why=stop.message
     )
 
 

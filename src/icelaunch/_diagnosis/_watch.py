@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 MEMORY_SAMPLE_S = 1.0  # the agent looks at the ranks' peak memory at least this often
 _MIN_HANG_SAMPLE_S = 0.25
 _MAX_HANG_SAMPLE_S = 5.0
+_SAMPLING_WAKES = 3  # wake-ups of a waiting main thread that the sampling signal itself causes
 
 
 class Stopped(Exception):
@@ -39,6 +40,7 @@ class Watch:
         )
         self._next_sample = time.monotonic()
         self._last_keys: dict[int, tuple[_format.Thread, ...]] = {}
+        self._last_wakes: dict[int, int] = {}
         self._last_change = time.monotonic()
         self.memory = MemoryWatch()
         #: raw dumps of the ranks at the last stop, by global rank
@@ -50,6 +52,7 @@ class Watch:
         """Workers (re)start: forget the previous attempt's stacks and hang clock."""
         self.dumps, self.running = {}, []
         self._last_keys, self._last_change = {}, time.monotonic()
+        self._last_wakes = {}
 
     def wait_bound(self, poll: float) -> float:
         """How long the agent may wait for events before it must call :meth:`check`."""
@@ -78,19 +81,28 @@ class Watch:
         self._sample_hang(run_dir, attempt, now)
 
     def _sample_hang(self, run_dir: str, attempt: int, now: float) -> None:
+        """One sample: a rank made progress if its stack changed or its main thread woke
+        up from waits (a training loop whose samples all land in the same collective)."""
+        pids = {rank: info.pid for rank, info in _collect.ready_ranks(run_dir, attempt).items()}
+        wakes = {rank: voluntary_switches(pid) for rank, pid in pids.items()}
         dumps = _collect.take(run_dir, attempt)
         keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
         self._next_sample = time.monotonic() + (self._hang_every or 0)
-        if keys != self._last_keys or not keys:
+        woke = any(
+            wakes[rank] - self._last_wakes.get(rank, wakes[rank]) > _SAMPLING_WAKES
+            for rank in wakes
+        )
+        self._last_wakes = wakes
+        if keys != self._last_keys or not keys or woke:
             self._last_keys, self._last_change = keys, now
             return
         assert self.hang_timeout is not None
         if now - self._last_change >= self.hang_timeout:
             raise Stopped(
                 "hang",
-                f"the job is judged hung: no rank's Python stack changed for "
-                f"{now - self._last_change:.0f} s (hang_timeout={self.hang_timeout:g} s), "
-                f"sampled every {self._hang_every:g} s",
+                f"the job is judged hung: no rank's Python stack changed, and no rank's main "
+                f"thread woke up from a wait, for {now - self._last_change:.0f} s "
+                f"(hang_timeout={self.hang_timeout:g} s), sampled every {self._hang_every:g} s",
             )
 
     def at_stop(
@@ -108,3 +120,15 @@ class Watch:
     def grouped(self) -> str:
         """The grouped view of the last stop's stacks."""
         return _format.group(self.dumps, self.running)
+
+
+def voluntary_switches(pid: int) -> int:
+    """How often the main thread of ``pid`` has gone to sleep so far (0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -14,6 +14,7 @@ import signal
 from typing import IO
 
 from icelaunch._diagnosis import _files
+from icelaunch._diagnosis._format import Frame, is_library
 
 STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -63,8 +64,6 @@ def without_bootstrap_frames(exc: BaseException) -> None:
 
     Only when user code follows them: an error inside icelaunch keeps them all.
     """
-    from icelaunch._diagnosis._format import Frame, is_library
-
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next

@@ -27,7 +27,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
 from icelaunch._diagnosis import _files, _report
-from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores
+from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores, _waiting
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -227,7 +227,11 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             master_addr=master_addr,
             master_port=master_port,
         )
-        with _rendezvous.explained(rdzv_params), _rendezvous.store_per_round(rdzv_params):
+        with (
+            _rendezvous.explained(rdzv_params),
+            _rendezvous.store_per_round(rdzv_params),
+            _waiting.logged(rdzv_params),  # a static rendezvous says which nodes it waits for
+        ):
             return _run_agent(spec, target, worker_spec, listener, run_dir)
     finally:
         listener.close()

@@ -14,6 +14,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from icelaunch import _forkserver
 from icelaunch._diagnosis._watch import Watch
 from icelaunch._engine import _procs, _stop
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _RESULT_SPIN_S = 0.002
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
+_SETTLE_S = 0.5  # after a failure, before the others are stopped
 
 
 class DoneListener:
@@ -126,8 +128,11 @@ class Agent(LocalElasticAgent):
         self._died, self.exits, self.own_failures = {}, {}, {}
         if self._watch is not None:
             self._watch.new_attempt()
-        started: dict[int, Any] = super()._start_workers(worker_group)
-        self._workers = _procs.workers_of(self._pcontext)
+        if self._start_method == "forkserver":
+            _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
+        with _procs.signals_deferred():  # none is started but unknown to the stop path
+            started: dict[int, Any] = super()._start_workers(worker_group)
+            self._workers = _procs.workers_of(self._pcontext)
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
@@ -190,10 +195,19 @@ class Agent(LocalElasticAgent):
         return failures
 
     def _stop_workers(self, worker_group: WorkerGroup) -> None:
-        self._shutdown()
+        """After a failure (also before its restart) the others may first settle briefly."""
+        failed = worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY)
+        self._stop(signal.SIGTERM, _SETTLE_S if failed else 0.0)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+        """The end of a run, or a signal to the launcher: stop at once."""
+        self._stop(death_sig, 0.0)
+
+    def _stop(self, death_sig: signal.Signals, settle_s: float) -> None:
         """Stop the workers our way, then let torch close its process context.
+
+        Workers get SIGTERM whatever the launcher received (they lead sessions of
+        their own: a Ctrl-C at the terminal reaches the launcher only).
 
         Workers that failed on their own (before the stop, or during it of something
         else than the stop's signals) are kept in :attr:`own_failures`.
@@ -202,14 +216,14 @@ class Agent(LocalElasticAgent):
             self._note_exits()
             self._take_stacks(self._worker_group)  # of the ranks about to be stopped
             died_before = set(self._died)
-            sent = _stop.stop_workers(self._workers, death_sig, mark=self._mark)
+            sent = _stop.stop_workers(self._workers, mark=self._mark, settle_s=settle_s)
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(self._worker_group, died_before | on_own)
             for w in self._workers:
                 w.close()
             self._workers = []
-        super()._shutdown(death_sig, timeout=0)
+        super()._shutdown(death_sig, timeout=0)  # workers are gone: torch only closes
 
     def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
         """Global rank -> pid of the workers that have neither returned nor died."""

@@ -18,7 +18,8 @@ def restored_process_state() -> Iterator[None]:
     """Put back the caller's signal handlers and environment, whatever happens."""
     saved_env = dict(os.environ)
     handlers = {}
-    for name in _HANDLED_SIGNALS:
+    chosen = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "")  # torchrun's --signals-to-handle
+    for name in (*_HANDLED_SIGNALS, *(n.strip() for n in chosen.split(",") if n.strip())):
         sig = getattr(signal, name, None)
         if sig is not None:
             handlers[sig] = signal.getsignal(sig)

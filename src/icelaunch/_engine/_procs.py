@@ -7,15 +7,23 @@ the only reliable source of an exit status: a worker forked by the fork server
 is not our child, and only its ``Process`` object hears the status the fork
 server sends through the sentinel pipe. These private attributes are read here
 and nowhere else; ``tests/test_stop.py`` fails loudly if torch renames them.
+So is torch's signal handler, which :func:`signals_deferred` holds back while
+workers start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import subprocess
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any
+
+import torch.distributed.elastic.multiprocessing.api as torch_mp_api
 
 
 class WorkerProcess:
@@ -85,3 +93,31 @@ def error_file(pcontext: Any, local_rank: int) -> str:
     """The torch error file of ``local_rank`` (``""`` if torch gave none)."""
     files = getattr(pcontext, "error_files", None) or {}
     return str(files.get(local_rank, ""))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back torch's stop-signal exception until the block (starting workers) ends.
+
+    torch installs its handler, which raises ``SignalException``, just before it
+    starts the workers; raised half-way, the workers already started would be
+    known to nobody. Inside the block a signal is only noted; torch's own handler
+    is back in place, and raises for a noted signal, when the block ends.
+    """
+    original = torch_mp_api._terminate_process_handler
+    noted: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        noted.append(signum)
+
+    torch_mp_api._terminate_process_handler = note  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch_mp_api._terminate_process_handler = original
+        for sig in signal.valid_signals():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(sig) is note:
+                    signal.signal(sig, original)
+    if noted:
+        original(noted[0], None)

@@ -41,6 +41,7 @@ def stop_workers(
     first_signal: int = signal.SIGTERM,
     grace_s: float = GRACE_S,
     mark: JobMark | None = None,
+    settle_s: float = 0.0,
 ) -> set[int]:
     """Stop ``workers`` and every process they started; return when all are gone (bounded).
 
@@ -55,12 +56,17 @@ def stop_workers(
             the launcher received).
         grace_s: how long the processes get to exit before SIGKILL.
         mark: the launch's environment mark, to find processes that escaped.
+        settle_s: how long workers may first end on their own (after a failure, a
+            peer failing at the same moment finishes its report instead of being
+            stopped half-way).
 
     Returns:
         The signals sent to running workers (empty if none was running): a worker
         whose status is another one ended on its own, not by this stop.
     """
     leaders = {w.pid for w in workers}
+    if settle_s > 0:
+        _wait_gone([w for w in workers if not w.dead()], (), settle_s)
     running = [w for w in workers if not w.dead()]
     targets = leaders | descendants(leaders, mark)
     if not running and len(targets) == len(leaders):
@@ -153,7 +159,7 @@ MARK_ENV = "ICELAUNCH_JOB_MARK"
 def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:
     """Live processes started by ``roots``: their process groups, sessions and children,
     and (with ``mark``) any later process whose environment carries it."""
-    table = _process_table()
+    table = _process_table(_oldest_possible(roots))
     found: set[int] = set()
     for pid, (_, pgid, sid, _) in table.items():
         if pid not in roots and (pgid in roots or sid in roots):
@@ -176,11 +182,24 @@ def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:
     return found
 
 
-def _process_table() -> dict[int, tuple[int, int, int, int]]:
-    """pid -> (ppid, pgid, sid, start time in ticks) of every live process we can see."""
+def _oldest_possible(roots: set[int]) -> int:
+    """The lowest pid a process started by ``roots`` can have: pids grow until they
+    wrap around (then 0: every process is looked at)."""
+    low = min(roots, default=0)
+    try:
+        with open("/proc/sys/kernel/ns_last_pid") as fh:
+            last = int(fh.read())
+    except (OSError, ValueError):
+        return 0
+    return low if last >= low else 0
+
+
+def _process_table(min_pid: int = 0) -> dict[int, tuple[int, int, int, int]]:
+    """pid -> (ppid, pgid, sid, start time in ticks) of every live process we can see
+    (from ``min_pid`` on)."""
     table: dict[int, tuple[int, int, int, int]] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if not name.isdigit() or int(name) < min_pid:
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
