@@ -207,3 +207,16 @@ def test_signals_to_handle_stop_the_workers_with_that_signal(tmp_path: Path) -> 
     for p in alive:
         p.kill()
     assert not alive
+
+
+@pytest.mark.timeout(90)
+def test_pet_nproc_per_node_starts_that_many_workers(tmp_path: Path) -> None:
+    import os
+
+    from test_cli import icelaunch, launch, write
+
+    path = write(tmp_path, "hello.py", "import os\nprint('hello', os.environ['RANK'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PET_")}
+    result = launch(icelaunch(str(path)), env={**env, "PET_NPROC_PER_NODE": "2"})
+    assert result.returncode == 0, result.stderr
+    assert "[rank0]: hello 0" in result.stdout and "[rank1]: hello 1" in result.stdout
