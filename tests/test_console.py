@@ -185,7 +185,7 @@ def worker(launcher):
     return launcher.rank
 
 if __name__ == "__main__":
-    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5, **OPTIONS).freeze()
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5, max_restarts=1, **OPTIONS).freeze()
     print("RESULT", launcher(worker, launcher), flush=True)
 """
 
@@ -200,6 +200,10 @@ print("SEEN", rank, sys.stdout.isatty(), sys.stderr.isatty(),
 for _ in tqdm(range(5), desc="tq", disable=rank != 0, mininterval=0, ascii=True):
     time.sleep(0.01)
 """
+
+
+# Launched functions restart once: gloo's connection set-up fails now and then under
+# load (pytorch#53270), before any user code runs.
 
 
 def _job(tmp_path: Path, code: str, **options: object) -> Path:
@@ -322,7 +326,7 @@ def worker(launcher):
     return rank
 
 if __name__ == "__main__":
-    launcher = ElasticLauncher("cpu:0-3", monitor_interval=0.5, **OPTIONS).freeze()
+    launcher = ElasticLauncher("cpu:0-3", monitor_interval=0.5, max_restarts=1, **OPTIONS).freeze()
     assert launcher(worker, launcher) == {0: 0, 1: 1, 2: 2, 3: 3}
 """
 FLOOD_LINES, FLOOD_BIG = 50_000, 1 << 20
@@ -353,7 +357,7 @@ def test_a_flood_of_lines_from_four_ranks_arrives_whole(tmp_path: Path) -> None:
         by_rank[int(match[1])].append(match[2] + b"\n")
     for rank in range(4):
         assert b"".join(by_rank[rank]) == _expected_stdout(rank), rank
-        rank_dir = next(logs.glob(f"flood_*/attempt_0/{rank}"))
+        rank_dir = _last_attempt(logs, rank)
         assert (rank_dir / "stdout.log").read_bytes() == _expected_stdout(rank)
         assert (rank_dir / "stderr.log").read_bytes() == f"err {rank} done\n".encode()
         assert f"[rank{rank}]: err {rank} done\n".encode() in err_path.read_bytes()
@@ -368,7 +372,9 @@ def worker(launcher):
     print("warn", launcher.rank, file=sys.stderr)
 
 if __name__ == "__main__":
-    launcher = ElasticLauncher("cpu:0-2", role="trainer", monitor_interval=0.5, **OPTIONS)
+    launcher = ElasticLauncher(
+        "cpu:0-2", role="trainer", monitor_interval=0.5, max_restarts=1, **OPTIONS
+    )
     launcher.freeze()(worker, launcher)
 """
 FILTER_SCRIPT = """
@@ -382,12 +388,19 @@ print("warn", rank, file=sys.stderr)
 TEMPLATE = "<${role_name}:${local_rank}/${rank}@${group_rank}> "
 
 
+def _last_attempt(logs: Path, local_rank: int) -> Path:
+    """The log folder of ``local_rank`` in the last attempt under ``logs``."""
+    found = sorted(logs.glob(f"*/attempt_*/{local_rank}"), key=lambda p: int(p.parent.name[8:]))
+    assert found, list(logs.rglob("*"))
+    return found[-1]
+
+
 def _check_filtered(stdout: bytes, stderr: bytes, logs: Path) -> None:
     assert stdout.count(b"hello") == 2 and stderr.count(b"warn") == 2, (stdout, stderr)
     for rank in (0, 2):
         assert f"<trainer:{rank}/{rank}@0> hello {rank}\n".encode() in stdout
         assert f"<trainer:{rank}/{rank}@0> warn {rank}\n".encode() in stderr
-    (rank_one,) = logs.glob("*/attempt_0/1")
+    rank_one = _last_attempt(logs, 1)
     assert (rank_one / "stdout.log").read_bytes() == b"hello 1\n"  # unprefixed, in its file
     assert (rank_one / "stderr.log").read_bytes() == b"warn 1\n"
 
@@ -418,7 +431,7 @@ def test_no_prefix_leaves_output_unchanged(tmp_path: Path) -> None:
     job = _job(tmp_path, FILTER_JOB, local_ranks_filter=[1], log_line_prefix_template="")
     result = run_in_pipes([sys.executable, str(job)], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"hello 1\n" and result.stderr == b"warn 1\n"
+    assert result.stdout == b"hello 1\n" and result.stderr.endswith(b"warn 1\n")
 
 
 FILTER_CASES = [

@@ -99,9 +99,9 @@ class Relay:
         self._screens = {
             name: screens.setdefault(sink.key, Screen()) for name, sink in self._sinks.items()
         }
-        self._selector = selectors.DefaultSelector()
+        self._selector: selectors.BaseSelector = selectors.DefaultSelector()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1
         self._streams: set[_Stream] = set()
         self._tails: dict[tuple[int, int], bytearray] = {}  # (attempt, local rank) -> stderr
         self._stopping = threading.Event()
@@ -117,6 +117,7 @@ class Relay:
     def start(self) -> None:
         """Listen for workers and start the relay thread."""
         guard_forks()
+        self._wake_r, self._wake_w = os.pipe()
         self._listener.bind("\0" + self.address)
         self._listener.listen(64)
         self._listener.setblocking(False)
@@ -130,7 +131,10 @@ class Relay:
 
     def close(self) -> None:
         """Show what the workers wrote up to their end, then stop and join the thread."""
-        if not self._thread.is_alive():
+        if not self._thread.is_alive():  # never started (or it stopped on its own)
+            if self._thread.ident is None:
+                self._listener.close()
+                self._selector.close()
             return
         self._stopping.set()
         with contextlib.suppress(OSError):
@@ -248,7 +252,7 @@ class Relay:
         read_end, write_end = _pair(sink, len(prefix.decode(errors="replace")))
         source = screen = None
         if sink is not None:
-            source = Source(prefix, sink.write, functools.partial(_readable, read_end))
+            source = Source(prefix, sink.writer(), functools.partial(_readable, read_end))
             screen = self._screens[name]
         folder = self._routes.rank_dir(attempt, local_rank)
         log = open(os.path.join(folder, f"{name}.log"), "wb", buffering=0) if folder else None  # noqa: SIM115  (closed with the stream)

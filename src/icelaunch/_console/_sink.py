@@ -9,6 +9,7 @@ import os
 import struct
 import termios
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 # Held while the relay writes to the launcher's streams, and across every fork: a
@@ -45,7 +46,13 @@ class Sink:
             st = os.fstat(fd)
             self.key = ("file", st.st_dev, st.st_ino, st.st_rdev)
 
-    def write(self, data: bytes) -> None:
+    def writer(self) -> Callable[[bytes], None]:
+        """A writer for one worker stream (text consoles decode each stream on its own,
+        so a character split between two reads stays whole)."""
+        decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        return lambda data: self.write(data, decode)
+
+    def write(self, data: bytes, decode: Callable[[bytes], str] | None = None) -> None:
         """Write ``data`` now; a console that went away is ignored (the files go on)."""
         with _WRITING, contextlib.suppress(OSError, ValueError):
             if self._binary is not None:
@@ -53,7 +60,7 @@ class Sink:
                 self._binary.write(data)
                 self._binary.flush()
             else:
-                self.stream.write(self._decode(data))
+                self.stream.write((decode or self._decode)(data))
                 self.stream.flush()
 
 

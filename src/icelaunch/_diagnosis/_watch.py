@@ -85,15 +85,19 @@ class Watch:
         up from waits (a training loop whose samples all land in the same collective)."""
         pids = {rank: info.pid for rank, info in _collect.ready_ranks(run_dir, attempt).items()}
         wakes = {rank: voluntary_switches(pid) for rank, pid in pids.items()}
-        dumps = _collect.take(run_dir, attempt)
-        keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
-        self._next_sample = time.monotonic() + (self._hang_every or 0)
         woke = any(
             wakes[rank] - self._last_wakes.get(rank, wakes[rank]) > _SAMPLING_WAKES
             for rank in wakes
         )
         self._last_wakes = wakes
-        if keys != self._last_keys or not keys or woke:
+        self._next_sample = time.monotonic() + (self._hang_every or 0)
+        if woke:  # progress, seen from /proc alone: the ranks are not even signalled
+            self._last_keys, self._last_change = {}, now
+            return
+        dumps = _collect.take(run_dir, attempt)
+        keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
+        self._next_sample = time.monotonic() + (self._hang_every or 0)
+        if keys != self._last_keys or not keys:
             self._last_keys, self._last_change = keys, now
             return
         assert self.hang_timeout is not None

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 _RESULT_SPIN_S = 0.002
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
 _SETTLE_S = 0.5  # after a failure, before the others are stopped
+_USUAL_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
 class DoneListener:
@@ -205,11 +206,18 @@ class Agent(LocalElasticAgent):
         """The end of a run, or a signal to the launcher: stop at once."""
         self._stop(death_sig, 0.0)
 
+    @staticmethod
+    def _first_signal(death_sig: signal.Signals) -> int:
+        """What workers get first: SIGTERM for the launcher's usual stop signals (they
+        lead sessions of their own: a Ctrl-C at the terminal reaches the launcher
+        only); a signal chosen with torchrun's ``--signals-to-handle`` (e.g. SIGUSR1)
+        is passed on as it is, as torchrun does."""
+        return signal.SIGTERM if death_sig in _USUAL_STOP_SIGNALS else death_sig
+
     def _stop(self, death_sig: signal.Signals, settle_s: float) -> None:
         """Stop the workers our way, then let torch close its process context.
 
-        Workers get SIGTERM whatever the launcher received (they lead sessions of
-        their own: a Ctrl-C at the terminal reaches the launcher only).
+        Workers get :meth:`_first_signal` of what the launcher received, then SIGKILL.
 
         Workers that failed on their own (before the stop, or during it of something
         else than the stop's signals) are kept in :attr:`own_failures`.
@@ -218,7 +226,9 @@ class Agent(LocalElasticAgent):
             self._note_exits()
             self._take_stacks(self._worker_group)  # of the ranks about to be stopped
             died_before = set(self._died)
-            sent = _stop.stop_workers(self._workers, mark=self._mark, settle_s=settle_s)
+            sent = _stop.stop_workers(
+                self._workers, self._first_signal(death_sig), mark=self._mark, settle_s=settle_s
+            )
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(self._worker_group, died_before | on_own)
