@@ -735,3 +735,112 @@ def busy_training(launcher: ElasticLauncher, steps: int) -> int:
 def test_hang_timeout_leaves_a_busy_training_loop_alone() -> None:
     launcher = ElasticLauncher("cpu:0-3", hang_timeout=1).freeze()
     assert launcher(busy_training, launcher, 2000) == dict.fromkeys(range(4), 2000)
+
+
+# ---- the same stops for scripts: 8 ranks grouped, mismatched collectives, a peer failing
+
+EIGHT_RANKS_SCRIPT = """
+import time
+import torch, torch.distributed as dist
+import icelaunch
+
+def spinning_in_a_script():
+    while True: pass
+
+ctx = icelaunch.init_process_group()
+dist.barrier()
+if ctx.rank == 3:
+    time.sleep(600)
+if ctx.rank == 5:
+    spinning_in_a_script()
+dist.all_reduce(torch.ones(1))
+"""
+
+MISMATCHED_SCRIPT = """
+import time
+import torch, torch.distributed as dist
+import icelaunch
+
+ctx = icelaunch.init_process_group()
+t = torch.ones(1)
+if ctx.rank == 0:
+    dist.all_reduce(t)
+else:
+    dist.broadcast(t, src=1)
+time.sleep(600)
+"""
+
+PEER_FAILURE_SCRIPT = """
+import time
+import torch, torch.distributed as dist
+import icelaunch
+
+def stuck_in_a_script():
+    time.sleep(600)
+
+ctx = icelaunch.init_process_group()
+pair = dist.new_group([0, 1])
+dist.barrier()
+if ctx.rank == 2:
+    time.sleep(1)
+    raise RuntimeError("rank 2 gives up")
+if ctx.rank == 1:
+    stuck_in_a_script()
+dist.all_reduce(torch.ones(1), group=pair)
+"""
+
+SCRIPT_STOPS = {  # script, devices, options, exit status, what the report must show
+    "eight ranks": (
+        EIGHT_RANKS_SCRIPT, "cpu:0-7", ["--hang-timeout=3"], 124,
+        [
+            "no rank's Python stack changed",
+            "\nrank 3: time.sleep(600)  (job.py:12 in <module>)",
+            "\nrank 5: while True: pass  (job.py:7 in spinning_in_a_script)",
+            "\nranks 0-2,4,6-7: dist.all_reduce(torch.ones(1))  (job.py:15 in <module>)",
+        ],
+    ),
+    "mismatched": (
+        MISMATCHED_SCRIPT, "cpu:0-1", ["--hang-timeout=3"], 124,
+        ["no rank's Python stack changed"],
+    ),
+    "peer failure": (
+        PEER_FAILURE_SCRIPT, "cpu:0-2", [], 1,
+        [
+            "rank 2 (local rank 2, exit code 1)",
+            "RuntimeError: rank 2 gives up",
+            "where the running ranks were when they were stopped:",
+            "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)",
+            "rank 0: dist.all_reduce(torch.ones(1), group=pair)  (job.py:17 in <module>)",
+        ],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("case", list(SCRIPT_STOPS))
+def test_script_stops_show_where_the_ranks_were(tmp_path: Path, case: str) -> None:
+    source, devices, options, status, expected = SCRIPT_STOPS[case]
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(source))
+    argv = [sys.executable, "-m", "icelaunch", "--devices", devices, *options, str(script)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err[-3000:]
+    for text in expected:
+        assert text in err, f"{text!r} missing from:\n{err[-3000:]}"
+    if case == "mismatched":  # each rank is in its own collective, or past it asleep
+        assert re.search(r"dist\.all_reduce\(t\)|time\.sleep\(600\)", err), err[-3000:]
+        assert re.search(r"dist\.broadcast\(t, src=1\)|time\.sleep\(600\)", err), err[-3000:]
+    assert _processes_running(str(script)) == []
+
+
+def _processes_running(argument: str) -> list[psutil.Process]:
+    """Processes (a launcher, its workers) whose command line names ``argument``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if argument in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
