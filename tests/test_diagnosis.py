@@ -28,6 +28,7 @@ import torch.distributed as dist
 import icelaunch
 from icelaunch import ElasticLauncher, LaunchTimeoutError, WorkerFailedError
 from icelaunch._diagnosis import _format
+from tests_helpers import assert_gone
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -54,25 +55,7 @@ def _wait_for(folder: Path, count: int, proc: subprocess.Popen[str] | None = Non
         time.sleep(0.05)
 
 
-def assert_all_gone(pids: list[int], seconds: float = 10.0) -> None:
-    """No rank outlived its launch (a leftover is killed, then reported)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        alive = [p for p in pids if _alive(p)]
-        if not alive:
-            return
-        if time.monotonic() > deadline:
-            for pid in alive:
-                os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"ranks {alive} outlived their launch")
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+assert_all_gone = assert_gone
 
 
 # ---- what the ranks run -------------------------------------------------------

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
 
 from icelaunch import ElasticLauncher, WorkerFailedError, _transfer
+from tests_helpers import assert_gone
 
 pytestmark = pytest.mark.timeout(180)
 FAST = {"monitor_interval": 0.5}
@@ -361,30 +361,12 @@ def _start_driver(tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
     return proc, {int(p.name) for p in pid_dir.iterdir()}
 
 
-def _wait_gone(pids: set[int], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"processes {pids} outlived the driver")
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def test_nothing_left_after_ctrl_c(tmp_path: Path) -> None:
     proc, pids = _start_driver(tmp_path)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "KeyboardInterrupt" in out, out
-    _wait_gone(pids)
+    assert_gone(pids, 30)
     assert _ours_in_dev_shm(pids) == []
 
 
@@ -392,7 +374,7 @@ def test_nothing_left_after_kill_9_and_the_next_launch_works(tmp_path: Path) -> 
     proc, pids = _start_driver(tmp_path)
     proc.kill()
     proc.communicate(timeout=60)
-    _wait_gone(pids)
+    assert_gone(pids, 30)
     assert _ours_in_dev_shm(pids) == []  # nothing named: nothing for a next launch to clean
     launcher = ElasticLauncher("cpu:0-1", **FAST).freeze()
     assert set(launcher(pid_of, launcher, torch.ones(2 * MB))) == {0, 1}

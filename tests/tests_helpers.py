@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Iterable
+
 import psutil
 import torch
 import torch.distributed as dist
@@ -29,3 +34,23 @@ def is_mp_helper(proc: psutil.Process) -> bool:
     except psutil.Error:
         return False
     return any(name in cmdline for name in MP_HELPERS)
+
+
+def assert_gone(pids: Iterable[int], seconds: float = 10.0) -> None:
+    """None of ``pids`` runs after at most ``seconds`` (a survivor is killed, then reported)."""
+    pids = list(pids)
+    deadline = time.monotonic() + seconds
+    while alive := [p for p in pids if is_running(p)]:
+        if time.monotonic() > deadline:
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"processes {alive} outlived their launch")
+        time.sleep(0.05)
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
