@@ -20,6 +20,7 @@ import termios
 import textwrap
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,8 +213,15 @@ def _job(tmp_path: Path, code: str, **options: object) -> Path:
     return path
 
 
-def run_in_pty(argv: list[str], cwd: Path) -> tuple[int, bytes]:
-    """Run ``argv`` with a raw pseudo-terminal as stdout and stderr; all it wrote."""
+def run_in_pty(
+    argv: list[str],
+    cwd: Path,
+    on_output: Callable[[bytes, int, subprocess.Popen[bytes]], None] | None = None,
+) -> tuple[int, bytes]:
+    """Run ``argv`` with a raw pseudo-terminal as stdout and stderr; all it wrote.
+
+    ``on_output(all so far, terminal fd, process)`` is called after every read.
+    """
     master, slave = os.openpty()
     tty.setraw(slave)  # the launcher's bytes arrive unchanged (no \n -> \r\n)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
@@ -235,6 +243,8 @@ def run_in_pty(argv: list[str], cwd: Path) -> tuple[int, bytes]:
             if not data:
                 break
             chunks.append(data)
+            if on_output is not None:
+                on_output(b"".join(chunks), master, proc)
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -296,6 +306,49 @@ def test_scripts_under_the_command_see_a_terminal_too(tmp_path: Path) -> None:
     assert f"[rank0]: SEEN 0 True True {width}\n".encode() in out, out
     assert f"[rank1]: SEEN 1 True True {width}\n".encode() in out, out
     _assert_redraws_in_place(out, b"tq:")
+
+
+RESIZE_JOB = """
+import shutil, signal, sys, time
+from icelaunch import ElasticLauncher
+
+def worker(launcher):
+    got = []
+    signal.signal(signal.SIGWINCH, lambda *_: got.append(1))
+    before = shutil.get_terminal_size().columns
+    print("READY", launcher.rank, before, flush=True)
+    deadline = time.monotonic() + 60
+    while shutil.get_terminal_size().columns == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    print("RESIZED", launcher.rank, shutil.get_terminal_size().columns, bool(got), flush=True)
+    return launcher.rank
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5, max_restarts=1).freeze()
+    print("RESULT", launcher(worker, launcher), flush=True)
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_a_resized_terminal_reaches_the_workers(tmp_path: Path) -> None:
+    wide = COLUMNS + 40
+    resized: list[bool] = []
+
+    def resize_when_ready(out: bytes, terminal: int, proc: subprocess.Popen[bytes]) -> None:
+        if resized or out.count(b"READY ") < 2:
+            return
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, wide, 0, 0))
+        os.kill(proc.pid, signal.SIGWINCH)  # what the terminal does for its foreground
+        resized.append(True)
+
+    job = _job(tmp_path, RESIZE_JOB)
+    code, out = run_in_pty([sys.executable, str(job)], tmp_path, resize_when_ready)
+    assert code == 0, out
+    width = COLUMNS - len(PREFIX)
+    assert f"[rank0]: READY 0 {width}\n".encode() in out, out
+    assert f"[rank0]: RESIZED 0 {wide - len(PREFIX)} True\n".encode() in out, out
+    assert f"[rank1]: RESIZED 1 {wide - len(PREFIX)} True\n".encode() in out, out
 
 
 def _terminal_view(out: bytes) -> list[bytes]:

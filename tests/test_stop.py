@@ -18,8 +18,9 @@ import torch.distributed.elastic.agent.server.local_elastic_agent as torch_local
 import torch.distributed.elastic.multiprocessing.api as torch_mp_api
 from torch.multiprocessing.spawn import ProcessContext
 
+import icelaunch
 from icelaunch import ElasticLauncher, WorkerFailedError
-from icelaunch._engine import _stop
+from icelaunch._engine import _procs, _stop
 from icelaunch._engine._agent import Agent
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -47,6 +48,24 @@ def test_torch_process_context_attributes_the_agent_reads() -> None:
     assert "self.subprocess_handlers" in inspect.getsource(torch_mp_api.SubprocessContext)
     popen = inspect.getsource(torch_mp_api.SubprocessHandler._popen)
     assert 'kwargs["start_new_session"] = True' in popen
+
+
+def test_torch_return_value_handshake_the_agent_relies_on() -> None:
+    """The agent takes return values from torch's queues itself and then releases the
+    workers (``_procs.return_queues``, ``queue_fd``, ``release_workers``): a worker
+    queues its value, then waits for that event before it ends."""
+    init = inspect.getsource(torch_mp_api.MultiprocessContext.__init__)
+    assert "self._ret_vals = {" in init and "SimpleQueue()" in init
+    assert "self._worker_finished_event = mp.get_context(" in init
+    wrap = inspect.getsource(torch_mp_api._wrap)
+    assert wrap.index("ret_val_.put(ret)") < wrap.index("queue_finished_reading_event.wait()")
+    import multiprocessing
+
+    queue = multiprocessing.get_context("spawn").SimpleQueue()
+    try:
+        assert _procs.queue_fd(queue) >= 0
+    finally:
+        queue.close()
 
 
 # --- a stubborn peer: 3 s, not torch's 30 s ----------------------------------------------
@@ -117,6 +136,7 @@ def test_no_process_started_by_a_worker_outlives_the_launch(tmp_path: Path, how:
     launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
     if how == "success":
         assert launcher(parent_of_grandchildren, launcher, str(tmp_path), how) == {0: 0, 1: 0}
+        assert icelaunch.wait_teardown(60)  # a success returns first, then finishes
     else:
         with pytest.raises(WorkerFailedError) as info:
             launcher(parent_of_grandchildren, launcher, str(tmp_path), how)

@@ -343,7 +343,9 @@ if __name__ == "__main__":
 """
 
 
-def _start_driver(tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
+def _start_driver(
+    tmp_path: Path, new_session: bool = False
+) -> tuple[subprocess.Popen[str], set[int]]:
     (tmp_path / "driver.py").write_text(textwrap.dedent(DRIVER))
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
@@ -352,6 +354,7 @@ def _start_driver(tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + 120
     while len(list(pid_dir.iterdir())) < 3:  # the driver and its two workers
@@ -378,3 +381,20 @@ def test_nothing_left_after_kill_9_and_the_next_launch_works(tmp_path: Path) -> 
     assert _ours_in_dev_shm(pids) == []  # nothing named: nothing for a next launch to clean
     launcher = ElasticLauncher("cpu:0-1", **FAST).freeze()
     assert set(launcher(pid_of, launcher, torch.ones(2 * MB))) == {0, 1}
+
+
+def _semaphores() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("sem.mp-")}
+
+
+def test_no_semaphore_left_when_the_whole_launcher_tree_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the launcher with its resource tracker and fork server (a node lost):
+    multiprocessing's named semaphores of torch's queues are unlinked once the
+    workers run, so none remains in /dev/shm."""
+    before = _semaphores()
+    proc, pids = _start_driver(tmp_path, new_session=True)
+    time.sleep(0.5)  # the workers have reported that they run (they wrote their pid)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver's group: driver, tracker, fork server
+    proc.communicate(timeout=60)
+    assert_gone(pids, 30)
+    assert _semaphores() - before == set()

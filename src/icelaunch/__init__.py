@@ -54,6 +54,7 @@ __all__ = [
     "is_configurable",
     "make_configurable",
     "parse_devices",
+    "wait_teardown",
     "warm_up",
 ]
 
@@ -75,6 +76,25 @@ def warm_up() -> None:
     from icelaunch import _forkserver
 
     _forkserver.warm_up()
+
+
+def wait_teardown(timeout: float | None = None) -> bool:
+    """Wait until earlier launches have finished; True when nothing of them is left.
+
+    A successful launch returns as soon as every rank's value is in. Its workers
+    then end on their own (destroying their process groups), anything they left
+    running is stopped and the launch's temp folder removed, in the background;
+    a launch on CUDA devices and the end of the interpreter wait for that. Call
+    this where a program must know that no worker process is left (measuring
+    memory, a test).
+
+    Args:
+        timeout: seconds to wait at most; None waits until all is done.
+    """
+    import sys
+
+    module = sys.modules.get("icelaunch._engine._teardown")
+    return True if module is None else bool(module.wait(timeout))
 
 
 _LAZY = {

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from multiprocessing import util
 from typing import TYPE_CHECKING, Any
 
 from icelaunch import _diagnosis, _transfer, _user_group
@@ -170,6 +171,7 @@ def run(payload: bytes | Job) -> Any:
     job: Job = (
         payload if isinstance(payload, Job) else _transfer.receive(payload)
     )  # fork: inherited
+    _notify(job.notify_path, "up")  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
@@ -178,8 +180,9 @@ def run(payload: bytes | Job) -> Any:
     _current = ctx
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
+    _flush_streams()  # the launcher shows everything written before the value arrives
     _notify_done(job.notify_path, ctx)
-    return result
+    return result  # torch queues it; the process group is destroyed as the process ends
 
 
 @contextlib.contextmanager
@@ -205,10 +208,14 @@ def _reported(job: Job, ctx: WorkerContext) -> Iterator[None]:
 def _exit_now(code: int) -> None:
     """End a failed worker at once: the report is written, and tearing down the
     process group can block on peers stuck in a collective."""
+    _flush_streams()
+    os._exit(code)
+
+
+def _flush_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code)
 
 
 def _tie_to_parent(job: Job) -> None:
@@ -292,25 +299,23 @@ def _prepare_process(spec: LaunchSpec) -> None:
 
 
 def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
-    """``job.fn(*job.args)`` inside an initialised process group, destroyed afterwards.
+    """``job.fn(*job.args)`` inside an initialised process group.
 
-    A failure is reported before the teardown, which a failed peer can block.
+    A failure is reported and the process ends at once (tearing the group down
+    can block on a failed peer). After a return the group is destroyed as the
+    process ends (a multiprocessing finalizer, after the launcher took every
+    rank's value), so that teardown costs the launch call nothing.
     """
-    import torch.distributed as dist
-
-    try:
-        with _reported(job, ctx):
-            if job.spec.process_group:
-                _init_process_group(ctx)
-            else:
-                _user_group.prefix_env_rendezvous(ctx.restart_count)
-            _mark_started(job, ctx)
-            result = job.fn(*job.args)
-            return _sendable(job.fn, ctx, result)
-        return None  # the function called sys.exit(0)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    util.Finalize(None, _destroy_process_group, exitpriority=0)
+    with _reported(job, ctx):
+        if job.spec.process_group:
+            _init_process_group(ctx)
+        else:
+            _user_group.prefix_env_rendezvous(ctx.restart_count)
+        _mark_started(job, ctx)
+        result = job.fn(*job.args)
+        return _sendable(job.fn, ctx, result)
+    return None  # the function called sys.exit(0)
 
 
 def started_path(report_dir: str, restart_count: int, local_rank: int) -> str:
@@ -414,8 +419,15 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
 
 def _notify_done(path: str, ctx: WorkerContext) -> None:
     """Tell the agent this rank returned, so it need not wait for its next poll."""
+    _notify(path)
+
+
+def _notify(path: str, what: str = "") -> None:
+    """One datagram to the agent: ``<attempt> <local rank> [what]`` (none: returned)."""
+    env = os.environ
+    message = f"{env.get('TORCHELASTIC_RESTART_COUNT', '0')} {env.get('LOCAL_RANK', '0')} {what}"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(f"{ctx.restart_count} {ctx.local_rank}".encode(), path)
+            sock.sendto(message.strip().encode(), path)
     except OSError:
         pass  # the agent still sees the result at its next poll

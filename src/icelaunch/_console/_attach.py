@@ -53,6 +53,7 @@ def _hello() -> bytes:
         "node_rank": int(env.get("GROUP_RANK", "0")),
         "role_name": env.get("ROLE_NAME", "default"),
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
     }
     return json.dumps(who).encode() + b"\n"
 

@@ -19,6 +19,7 @@ import os
 import secrets
 import select
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -80,6 +81,7 @@ class _Stream:
         self.source = source
         self.screen = screen
         self.tail: bytearray | None = None  # the last TAIL_BYTES, for a failure report
+        self.terminal: tuple[Sink, int, int] | None = None  # (console, prefix width, pid)
 
 
 class Relay:
@@ -105,6 +107,9 @@ class Relay:
         self._streams: set[_Stream] = set()
         self._tails: dict[tuple[int, int], bytearray] = {}  # (attempt, local rank) -> stderr
         self._stopping = threading.Event()
+        self._syncs: list[threading.Event] = []  # callers waiting for a catch-up
+        self._syncs_lock = threading.Lock()
+        self._winch: Any = None  # the SIGWINCH handler we replaced (while ours is in place)
         self._thread = threading.Thread(target=self._loop, name="icelaunch-console", daemon=True)
 
     def __enter__(self) -> Relay:
@@ -118,19 +123,49 @@ class Relay:
         """Listen for workers and start the relay thread."""
         guard_forks()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         self._listener.bind("\0" + self.address)
         self._listener.listen(64)
         self._listener.setblocking(False)
         for fd in (self._listener.fileno(), self._wake_r, self._wake_w):
             LAUNCHER_FDS.add(fd)
         self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._woken)
         for sink in self._sinks.values():
             sink.stream.flush()
         self._thread.start()
+        self._follow_resizes()
+
+    def _follow_resizes(self) -> None:
+        """On SIGWINCH, pass the console's new size to the workers' terminals (only
+        from the main thread, where Python signal handlers live)."""
+        if not any(s.is_tty for s in self._sinks.values()):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGWINCH)
+
+        def on_winch(signum: int, frame: Any) -> None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"w")
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGWINCH, on_winch)
+        self._winch = (previous, on_winch)
+
+    def release_signals(self) -> None:
+        """Put back the SIGWINCH handler (main thread only; elsewhere nothing to do)."""
+        if self._winch is None or threading.current_thread() is not threading.main_thread():
+            return
+        previous, ours = self._winch
+        self._winch = None
+        if signal.getsignal(signal.SIGWINCH) is ours:
+            signal.signal(signal.SIGWINCH, previous if previous is not None else signal.SIG_DFL)
 
     def close(self) -> None:
         """Show what the workers wrote up to their end, then stop and join the thread."""
+        self.release_signals()
         if not self._thread.is_alive():  # never started (or it stopped on its own)
             if self._thread.ident is None:
                 self._listener.close()
@@ -142,6 +177,20 @@ class Relay:
         self._thread.join(JOIN_TIMEOUT_S)
         if self._thread.is_alive():
             logger.warning("the console relay did not stop within %s s", JOIN_TIMEOUT_S)
+
+    def sync(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Return once everything the workers wrote before this call is shown (open
+        lines ended), without waiting for their streams to close."""
+        self.release_signals()
+        if not self._thread.is_alive():
+            return
+        done = threading.Event()
+        with self._syncs_lock:
+            self._syncs.append(done)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
+        if not done.wait(timeout):
+            logger.debug("the console relay did not catch up within %s s", timeout)
 
     def stderr_files(self, attempt: int, folder: str) -> dict[int, str]:
         """The end of each rank's stderr in ``attempt``, written to files in ``folder``
@@ -177,9 +226,42 @@ class Relay:
             waits = [t for t in (deadline, drain_until) if t is not None]
             timeout = max(0.0, min(waits) - now) if waits else None
             for key, _ in self._selector.select(timeout):
-                if key.data is not None:
-                    key.data(key)
+                key.data(key)
             deadline = self._pump(time.monotonic())
+            if self._syncs:
+                self._catch_up()
+
+    def _woken(self, key: selectors.SelectorKey) -> None:
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        if b"w" in data:
+            self._resize()
+
+    def _resize(self) -> None:
+        """The console's window changed: resize every worker terminal (less its
+        prefix) and tell its worker with SIGWINCH, as a terminal would."""
+        changed = {id(s) for s in self._sinks.values() if s.resized()}
+        for stream in list(self._streams):
+            if stream.terminal is None or id(stream.terminal[0]) not in changed:
+                continue
+            sink, width, pid = stream.terminal
+            with contextlib.suppress(OSError):
+                _set_size(stream.fd, sink, width)
+                if pid > 0:
+                    os.kill(pid, signal.SIGWINCH)
+
+    def _catch_up(self) -> None:
+        """For :meth:`sync`: read every stream to its current end, show it all."""
+        with self._syncs_lock:
+            waiting, self._syncs = self._syncs, []
+        for stream in list(self._streams):
+            while stream in self._streams and self._read(stream):
+                pass
+        self._pump(time.monotonic(), final=True)
+        for done in waiting:
+            done.set()
 
     def _pump(self, now: float, final: bool = False) -> float | None:
         deadlines = [s.pump(now, final) for s in set(self._screens.values())]
@@ -196,6 +278,10 @@ class Relay:
         for stream in list(self._streams):
             self._drop(stream)
         self._pump(time.monotonic(), final=True)
+        with self._syncs_lock:
+            waiting, self._syncs = self._syncs, []
+        for done in waiting:
+            done.set()
         if self._listener.fileno() >= 0:
             self._stop_listening()
         for fd in (self._wake_r, self._wake_w):
@@ -249,7 +335,8 @@ class Relay:
         local_rank, attempt = int(who["local_rank"]), int(who["attempt"])
         sink = self._sinks[name] if self._routes.shown(local_rank, name) else None
         prefix = expand(self._routes.template, who)
-        read_end, write_end = _pair(sink, len(prefix.decode(errors="replace")))
+        width = len(prefix.decode(errors="replace"))
+        read_end, write_end = _pair(sink, width)
         source = screen = None
         if sink is not None:
             source = Source(prefix, sink.writer(), functools.partial(_readable, read_end))
@@ -257,6 +344,8 @@ class Relay:
         folder = self._routes.rank_dir(attempt, local_rank)
         log = open(os.path.join(folder, f"{name}.log"), "wb", buffering=0) if folder else None  # noqa: SIM115  (closed with the stream)
         stream = _Stream(read_end, log, source, screen)
+        if sink is not None and sink.is_tty:
+            stream.terminal = (sink, width, int(who.get("pid", 0)))
         if name == "stderr":
             stream.tail = self._tails.setdefault((attempt, local_rank), bytearray())
         self._streams.add(stream)
@@ -264,18 +353,19 @@ class Relay:
         self._selector.register(read_end, selectors.EVENT_READ, lambda k: self._read(stream))
         return write_end
 
-    def _read(self, stream: _Stream) -> None:
+    def _read(self, stream: _Stream) -> bool:
+        """Read what is there (at most one chunk); False at the stream's current end."""
         try:
             data = os.read(stream.fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:  # EIO: a terminal whose every writer has closed it
             if exc.errno != errno.EIO:
                 logger.debug("reading worker output failed: %s", exc)
             data = b""
         if not data:
             self._drop(stream)
-            return
+            return False
         if stream.log is not None:
             stream.log.write(data)
         if stream.tail is not None:
@@ -283,6 +373,7 @@ class Relay:
             del stream.tail[:-TAIL_BYTES]
         if stream.source is not None and stream.screen is not None:
             stream.screen.feed(stream.source, data, time.monotonic())
+        return True
 
     def _drop(self, stream: _Stream) -> None:
         self._streams.discard(stream)
@@ -312,10 +403,14 @@ def _pair(sink: Sink | None, prefix_width: int) -> tuple[int, int]:
     else:
         read_end, write_end = os.openpty()
         tty.setraw(write_end)
-        if sink.winsize is not None:
-            rows, cols, xpixel, ypixel = struct.unpack("HHHH", sink.winsize)
-            cols = max(cols - prefix_width, MIN_COLUMNS)
-            size = struct.pack("HHHH", rows, cols, xpixel, ypixel)
-            fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)
+        _set_size(write_end, sink, prefix_width)
     os.set_blocking(read_end, False)
     return read_end, write_end
+
+
+def _set_size(fd: int, sink: Sink, prefix_width: int) -> None:
+    """Give the terminal ``fd`` the console's size, less the prefix's width."""
+    if sink.winsize is not None:
+        rows, cols, xpixel, ypixel = struct.unpack("HHHH", sink.winsize)
+        cols = max(cols - prefix_width, MIN_COLUMNS)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))

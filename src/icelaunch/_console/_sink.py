@@ -38,13 +38,21 @@ class Sink:
         self.stream = stream
         self._binary: IO[bytes] | None = getattr(stream, "buffer", None)
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
-        fd = _fileno(stream)
+        fd = self._fd = _fileno(stream)
         self.is_tty = fd is not None and os.isatty(fd)
         self.winsize = _winsize(fd) if self.is_tty and fd is not None else None
         self.key: tuple[Any, ...] = ("object", id(stream))
         if fd is not None:
             st = os.fstat(fd)
             self.key = ("file", st.st_dev, st.st_ino, st.st_rdev)
+
+    def resized(self) -> bool:
+        """Read the terminal's window size again; whether it changed."""
+        if not self.is_tty or self._fd is None:
+            return False
+        size = _winsize(self._fd)
+        changed, self.winsize = size != self.winsize, size
+        return changed
 
     def writer(self) -> Callable[[bytes], None]:
         """A writer for one worker stream (text consoles decode each stream on its own,

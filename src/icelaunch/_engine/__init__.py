@@ -27,7 +27,16 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _console, _failures, _forkserver, _hints, _ports, _transfer, _worker
 from icelaunch._diagnosis import _files, _report
-from icelaunch._engine import _hygiene, _logs, _rendezvous, _setup, _stop, _stores, _waiting
+from icelaunch._engine import (
+    _hygiene,
+    _logs,
+    _rendezvous,
+    _setup,
+    _stop,
+    _stores,
+    _teardown,
+    _waiting,
+)
 from icelaunch._engine._agent import Agent, DoneListener
 from icelaunch._errors import LaunchInterruptedError
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -141,19 +150,40 @@ def _script_command(argv: list[str]) -> list[str]:
 
 
 def _launch(spec: LaunchSpec, target: Callable[[str], _Target]) -> dict[int, Any]:
+    """Run the launch; after a success its teardown (``later``) finishes in the
+    background (see ``_teardown``), after anything else before this returns."""
     _setup.make_log_dir(spec.log_dir)
+    if any(d.startswith("cuda") for d in spec.devices):
+        _teardown.wait()  # earlier workers may still hold device memory
+    later = contextlib.ExitStack()
     try:
-        with (
-            _hygiene.job_directory() as job_dir,
-            _hygiene.restored_process_state(),
-            _hygiene.no_torch_temp_files(),
-            _hygiene.torch_logs_without_tracebacks(),
-        ):
-            _hygiene.respect_ignored_signals()
-            return _launch_with_port_retry(spec, target, job_dir)
+        with later:
+            job_dir = later.enter_context(_hygiene.job_directory())
+            with (
+                _hygiene.restored_process_state(),
+                _hygiene.no_torch_temp_files(),
+                _hygiene.torch_logs_without_tracebacks(),
+            ):
+                _hygiene.respect_ignored_signals()
+                values = _launch_with_port_retry(spec, target, job_dir, later)
+            if _private_rendezvous(spec):
+                _teardown.defer(later.pop_all(), name=spec.role)
+            return values
     except SignalException as exc:
         _redeliver(exc.sigval)  # the caller's own handlers are back in place now
         raise
+
+
+def _private_rendezvous(spec: LaunchSpec) -> bool:
+    """Whether the launch's rendezvous is its own (one node, a port chosen for it).
+
+    Only then may its teardown finish after the call returned: a rendezvous at a
+    given endpoint (c10d, etcd, several nodes) must be closed before a next launch
+    can use the same one.
+    """
+    if spec.max_nodes != 1:
+        return False
+    return spec.standalone or (spec.rdzv_backend == "static" and spec.master_port is None)
 
 
 def _redeliver(sig: signal.Signals) -> None:
@@ -173,7 +203,7 @@ def _redeliver(sig: signal.Signals) -> None:
 
 
 def _launch_with_port_retry(
-    spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str
+    spec: LaunchSpec, target: Callable[[str], _Target], job_dir: str, later: contextlib.ExitStack
 ) -> dict[int, Any]:
     fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
     chosen = fixed is None or spec.standalone
@@ -185,7 +215,7 @@ def _launch_with_port_retry(
         this = target(run_dir)
         try:
             with _port_errors(port):
-                return _run(spec, this, run_dir, port)
+                return _run(spec, this, run_dir, port, later)
         except _ports.PortBusyError:
             if not chosen:
                 raise
@@ -212,9 +242,14 @@ def _port_errors(port: int) -> Iterator[None]:
         raise busy from exc
 
 
-def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int, Any]:
-    listener = DoneListener(done_address(run_dir))
-    try:
+def _run(
+    spec: LaunchSpec, target: _Target, run_dir: str, port: int, later: contextlib.ExitStack
+) -> dict[int, Any]:
+    """One attempt at ``port``; on success what is left to close moves to ``later``."""
+    attempt = contextlib.ExitStack()
+    with attempt:
+        listener = DoneListener(done_address(run_dir))
+        attempt.callback(listener.close)
         rdzv_params, master_addr, master_port = _setup.rendezvous_parameters(spec, port)
         worker_spec = WorkerSpec(
             role=spec.role,
@@ -232,9 +267,10 @@ def _run(spec: LaunchSpec, target: _Target, run_dir: str, port: int) -> dict[int
             _rendezvous.store_per_round(rdzv_params),
             _waiting.logged(rdzv_params),  # a static rendezvous says which nodes it waits for
         ):
-            return _run_agent(spec, target, worker_spec, listener, run_dir)
-    finally:
-        listener.close()
+            values = _run_agent(spec, target, worker_spec, listener, run_dir, attempt)
+        later.enter_context(attempt.pop_all())
+        return values
+    raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
 
 def _run_agent(
@@ -243,7 +279,13 @@ def _run_agent(
     worker_spec: WorkerSpec,
     listener: DoneListener,
     run_dir: str,
+    attempt: contextlib.ExitStack,
 ) -> dict[int, Any]:
+    """Run torch's agent (with our :class:`Agent`); return the values by global rank.
+
+    After a success the workers may still be ending: ``attempt`` gets what closes
+    the run (the agent's :meth:`Agent.finish`, the relay, the rendezvous).
+    """
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, "logs"))
     relay = _console.Relay(target.console, _logs.routes(spec, logs))
     watch = _report.watch_for(spec)
@@ -262,11 +304,24 @@ def _run_agent(
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     shutdown_rdzv = True
+
+    def close_rendezvous() -> None:
+        if shutdown_rdzv:
+            worker_spec.rdzv_handler.shutdown()
+
+    attempt.callback(close_rendezvous)
+    attempt.callback(relay.close)  # the workers' output to its end
+    attempt.push(lambda exc_type, *_: agent.finish(0.0 if exc_type else _teardown.EXIT_WAIT_S))
     try:
-        with relay:  # shows the workers' output to its end before the result is used
+        relay.start()
+        try:
             result = agent.run()
+        finally:
+            if not agent.finishing:
+                relay.close()  # before a failure is reported: its output comes first
         if result.is_failed():
             raise _failed(target.name, result, run_dir, agent, relay, _reimports_main(spec, target))
+        relay.sync()  # what the workers wrote before they returned is shown before the value
         return dict(sorted(result.return_values.items()))
     except _report.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
@@ -274,9 +329,6 @@ def _run_agent(
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         _report.print_interrupted(watch)
         raise
-    finally:
-        if shutdown_rdzv:
-            worker_spec.rdzv_handler.shutdown()
 
 
 def _reimports_main(spec: LaunchSpec, target: _Target) -> bool:

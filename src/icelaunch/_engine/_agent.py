@@ -20,7 +20,6 @@ from icelaunch._engine import _procs, _stop
 
 logger = logging.getLogger(__name__)
 
-_RESULT_SPIN_S = 0.002
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
 _SETTLE_S = 0.5  # after a failure, before the others are stopped
 _USUAL_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
@@ -38,6 +37,7 @@ class DoneListener:
         self._sock.bind(address)
         self._sock.setblocking(False)
         self.done: set[int] = set()
+        self.up: set[int] = set()  # local ranks whose code runs (they opened their queues)
         self.attempt = -1
 
     def new_attempt(self, restart_count: int) -> None:
@@ -46,6 +46,7 @@ class DoneListener:
         self._drain()
         self.attempt = restart_count
         self.done.clear()
+        self.up.clear()
 
     def receive(self) -> None:
         """Take in the reports that arrived (never blocks)."""
@@ -57,16 +58,13 @@ class DoneListener:
                 data = self._sock.recv(64)
             except BlockingIOError:
                 return
-            attempt, local_rank = (int(x) for x in data.split())
-            if attempt == self.attempt:
-                self.done.add(local_rank)
+            attempt, local_rank, *what = data.split()
+            if int(attempt) == self.attempt:
+                (self.up if what == [b"up"] else self.done).add(int(local_rank))
 
-    def wait(self, fds: list[int], expected: int, timeout: float) -> None:
+    def wait(self, fds: list[int], timeout: float) -> None:
         """Return when a worker reports, one of ``fds`` is readable, or ``timeout`` passes."""
         self._drain()
-        if len(self.done) == expected:
-            time.sleep(_RESULT_SPIN_S)  # the return value is being queued right now
-            return
         select.select([self._sock.fileno(), *fds], [], [], timeout)
         self._drain()
 
@@ -125,10 +123,15 @@ class Agent(LocalElasticAgent):
         self._watch = watch
         self._run_dir = run_dir
         self._restarting = False
+        self._values: dict[int, Any] = {}  # local rank -> return value, this attempt
+        self._unlinked = False  # the names of this attempt's semaphores are removed
+        #: every value is taken; the workers end on their own until :meth:`finish`
+        self.finishing = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt(worker_group.spec.max_restarts - self._remaining_restarts)
-        self._died, self.exits, self.own_failures = {}, {}, {}
+        self._died, self.exits, self.own_failures, self._values = {}, {}, {}, {}
+        self._unlinked = False
         if self._watch is not None:
             self._watch.new_attempt()
         if self._start_method == "forkserver":
@@ -140,24 +143,63 @@ class Agent(LocalElasticAgent):
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         live = [w.pidfd for w in self._workers if w.local_rank not in self._died]
+        queues = _procs.return_queues(self._pcontext)
+        values = [_procs.queue_fd(q) for r, q in queues.items() if r not in self._values]
         bound = self._poll_interval
         if self._watch is not None:
             bound = self._watch.wait_bound(bound)
-        self._listener.wait(live, len(self._workers), bound)
+        self._listener.wait(live + values, bound)
         self._note_exits()
         if self._watch is not None:
             self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
         self._listener.receive()  # a rank that returned, then exited, has reported by now
+        if not self._unlinked and len(self._listener.up) == len(self._workers):
+            self._unlinked = _procs.unlink_semaphores(self._pcontext) >= 0
         failures = self._failures(worker_group, set(self.exits))
         if failures:
             self._last_failures = failures
             return RunResult(state=WorkerState.FAILED, failures=failures)
-        if self._reports_done and len(self._listener.done) < len(self._workers):
+        if self._reports_done:
+            return self._take_values(worker_group, queues)
+        if len(self.exits) < len(self._workers):
             return RunResult(state=WorkerState.HEALTHY)
-        if not self._reports_done and len(self.exits) < len(self._workers):
-            return RunResult(state=WorkerState.HEALTHY)
-        result: RunResult = super()._monitor_workers(worker_group)  # collects return values
+        result: RunResult = super()._monitor_workers(worker_group)  # a command's end
         return result
+
+    def _take_values(self, worker_group: WorkerGroup, queues: dict[int, Any]) -> RunResult:
+        """Take the values queued so far; once every rank's is in, succeed at once.
+
+        The workers are then released and end on their own (destroying their
+        process groups) while the launch returns: :meth:`finish` waits for them.
+        torch's ``_poll`` would wait for every process to exit first.
+        """
+        for local_rank, queue in queues.items():
+            if local_rank not in self._values and not queue.empty():
+                self._values[local_rank] = queue.get()
+        if len(self._values) < len(self._workers):
+            return RunResult(state=WorkerState.HEALTHY)
+        _procs.release_workers(self._pcontext)
+        self.finishing = True
+        by_rank = {worker_group.workers[r].global_rank: v for r, v in self._values.items()}
+        return RunResult(state=WorkerState.SUCCEEDED, return_values=by_rank)
+
+    def finish(self, exit_wait_s: float) -> None:
+        """After a success: let the released workers end on their own (at most
+        ``exit_wait_s``), stop what they left running, let torch close its context.
+
+        A rank that returned its value but then exited with another status than 0
+        is logged.
+        """
+        if not self.finishing:
+            return
+        self.finishing = False
+        self._stop(signal.SIGTERM, exit_wait_s)
+        for rank, failure in sorted(self.own_failures.items()):
+            logger.warning(
+                "rank %s returned its value, then its process ended with status %s",
+                rank,
+                failure.exitcode,
+            )
 
     def _note_exits(self) -> None:
         """Note when workers died (now, at the latest) and then their true statuses."""
@@ -203,7 +245,10 @@ class Agent(LocalElasticAgent):
         self._stop(signal.SIGTERM, _SETTLE_S if failed else 0.0)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
-        """The end of a run, or a signal to the launcher: stop at once."""
+        """The end of a run, or a signal to the launcher: stop at once; after a
+        success the engine calls :meth:`finish` instead, later."""
+        if self.finishing:
+            return
         self._stop(death_sig, 0.0)
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 torch keeps ``multiprocessing.Process`` objects for launched functions
 (``MultiprocessContext._pc.processes``) and ``subprocess.Popen`` objects for
-commands (``SubprocessContext.subprocess_handlers[r].proc``). Those objects are
+commands (``SubprocessContext.subprocess_handlers[r].proc``), and the return-value queues
+and the "values taken" event of ``MultiprocessContext``. Those objects are
 the only reliable source of an exit status: a worker forked by the fork server
 is not our child, and only its ``Process`` object hears the status the fork
 server sends through the sentinel pipe. These private attributes are read here
@@ -87,6 +88,63 @@ def workers_of(pcontext: Any) -> list[WorkerProcess]:
         return [WorkerProcess(r, int(p.pid), p) for r, p in enumerate(pc.processes)]
     handlers = getattr(pcontext, "subprocess_handlers", None) or {}  # SubprocessContext
     return [WorkerProcess(r, int(h.proc.pid), h.proc) for r, h in sorted(handlers.items())]
+
+
+def return_queues(pcontext: Any) -> dict[int, Any]:
+    """Local rank -> the queue on which torch's ``_wrap`` puts that worker's return
+    value (``MultiprocessContext._ret_vals``); empty for commands."""
+    return dict(getattr(pcontext, "_ret_vals", None) or {})
+
+
+def queue_fd(queue: Any) -> int:
+    """The file descriptor that becomes readable when ``queue`` (a multiprocessing
+    ``SimpleQueue``) has a value."""
+    return int(queue._reader.fileno())
+
+
+def release_workers(pcontext: Any) -> None:
+    """Let the workers of ``pcontext`` end: torch's ``_wrap`` waits on this event after
+    queuing its value. Set only once every value was taken, as torch does."""
+    pcontext._worker_finished_event.set()
+
+
+def unlink_semaphores(pcontext: Any) -> int:
+    """Remove the names of the semaphores behind torch's return queues and event.
+
+    Under spawn and the fork server, multiprocessing names them in ``/dev/shm`` so
+    that workers can open them; its resource tracker unlinks them at the end, but
+    dies with the launcher when a whole process tree is killed (``kill -9`` of a
+    node). Once every worker has opened them (it runs our code), the names are
+    not needed: unlinked now, nothing is left whatever way the launch ends.
+    Returns how many were unlinked.
+    """
+    from multiprocessing import resource_tracker, synchronize, util
+
+    names: set[str] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if isinstance(obj, synchronize.SemLock):
+            name = getattr(obj._semlock, "name", None)  # type: ignore[attr-defined]
+            if name:
+                names.add(name)
+        elif depth > 0:
+            for value in list(getattr(obj, "__dict__", {}).values()):
+                walk(value, depth - 1)
+
+    for queue in return_queues(pcontext).values():
+        walk(queue, 2)
+    walk(getattr(pcontext, "_worker_finished_event", None), 3)
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            synchronize.sem_unlink(name)  # type: ignore[attr-defined]
+        resource_tracker.unregister(name, "semaphore")
+    for finalizer in list(util._finalizer_registry.values()):  # type: ignore[attr-defined]
+        callback = getattr(finalizer, "_callback", None)
+        args = getattr(finalizer, "_args", None) or ()
+        cleanup = synchronize.SemLock._cleanup  # type: ignore[attr-defined]
+        if callback is cleanup and args and args[0] in names:
+            finalizer.cancel()  # it would unlink the name again, and fail
+    return len(names)
 
 
 def error_file(pcontext: Any, local_rank: int) -> str:
