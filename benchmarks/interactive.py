@@ -103,6 +103,15 @@ def data_table(repeats: int, with_gb: bool) -> tuple[str, dict[str, Any]]:
         )
     returning = statistics.median(s for s, _ in rows_in["4 ranks each returning 100 MB"])
     rows.append(f"\nreturning 4 x 100 MB adds {returning - none_s:.3f} s to the call")
+    for mb in (100, 400):
+        first = statistics.median(s for s, _ in rows_in[f"{mb} MB tensor argument, first launch"])
+        floor_name = next(n for n in rows_in if n.startswith(f"{mb} MB tensor argument: floor"))
+        copy = statistics.median(s for s, _ in rows_in[floor_name])
+        rows.append(
+            f"{mb} MB first launch: {first - tiny_s:.3f} s over a tiny argument; "
+            f"the copy to shared memory alone takes {copy:.3f} s "
+            f"({(first - tiny_s) / copy:.2f}x the copy's floor)"
+        )
     return "\n".join(rows), rows_in
 
 

@@ -216,6 +216,10 @@ def data(repeats: int, with_gb: bool) -> dict[str, Any]:
             row(f"{mb} MB tensor argument, first launch", takes, arg)
             row(f"{mb} MB tensor argument, again", takes, arg)
             del arg
+            alone = torch.rand(mb * MB // 4)  # the floor of a first launch: its one copy
+            name = f"{mb} MB tensor argument: floor, `share_memory_()` alone, no launch"
+            rows.setdefault(name, []).append(measured(alone.share_memory_))
+            del alone
         row("4 ranks making 100 MB, returning None", gives, 100 * MB, False)
         row("4 ranks each returning 100 MB", gives, 100 * MB, True)
     if with_gb:

@@ -351,6 +351,56 @@ def test_a_resized_terminal_reaches_the_workers(tmp_path: Path) -> None:
     assert f"[rank1]: RESIZED 1 {wide - len(PREFIX)} True\n".encode() in out, out
 
 
+EARLY_JOB = """
+import multiprocessing, os, sys
+print("TOPLEVEL", flush=True)  # run again by every worker: spawn imports this file again
+print("TOPERR", file=sys.stderr, flush=True)
+from icelaunch import ElasticLauncher
+
+def worker(launcher):
+    return launcher.rank
+
+def user_child():
+    print("USERCHILD", os.readlink("/proc/self/fd/1").startswith("pipe:"), flush=True)
+
+if __name__ == "__main__":
+    launcher = ElasticLauncher("cpu:0-1", max_restarts=1, log_dir=sys.argv[1]).freeze()
+    print("RESULT", launcher(worker, launcher), flush=True)
+    child = multiprocessing.get_context("forkserver").Process(target=user_child)
+    child.start()  # the user's own process from the same fork server: not held
+    child.join()
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_output_before_a_worker_attaches_is_prefixed_and_logged(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    job = _job(tmp_path, EARLY_JOB)
+    result = run_in_pipes([sys.executable, str(job), str(logs)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert out.startswith("TOPLEVEL\n"), out  # the launcher's own, once
+    for rank in (0, 1):
+        assert out.count(f"[rank{rank}]: TOPLEVEL\n") == 1, out
+        assert err.count(f"[rank{rank}]: TOPERR\n") == 1, err
+    assert out.count("TOPLEVEL") == 4 and "RESULT {0: 0, 1: 1}" in out  # + the user child
+    assert "USERCHILD True" in out, out
+    stdout_logs = sorted(logs.rglob("stdout.log"))
+    assert len(stdout_logs) == 2
+    assert all(p.read_text().startswith("TOPLEVEL\n") for p in stdout_logs)
+
+
+def test_the_fork_server_child_code_we_wrap() -> None:
+    """``_console._early`` wraps ``spawn._main`` in the fork server and reads the
+    descriptors the fork server hands a new process; fail loudly if that changes."""
+    import inspect
+    from multiprocessing import forkserver
+
+    source = inspect.getsource(forkserver._serve_one)
+    assert "_forkserver._inherited_fds) = fds" in source
+    assert "spawn._main(child_r, parent_sentinel)" in source
+
+
 def _terminal_view(out: bytes) -> list[bytes]:
     """The lines a terminal leaves on screen: after each ``\\r``, the line is rewritten."""
     return [line.rsplit(b"\r", 1)[-1] for line in out.split(b"\n")]

@@ -162,10 +162,12 @@ def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
     return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
 
 
-def run(payload: bytes | Job) -> Any:
+def run(payload: bytes | Job, mark: object = None) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function.
 
-    ``payload`` is the pickled job, or under ``fork`` the job itself, inherited.
+    ``payload`` is the pickled job, or under ``fork`` the job itself, inherited;
+    ``mark`` told the fork server's new process that it is ours
+    (``_console.WorkerMark``).
     """
     global _current
     job: Job = (

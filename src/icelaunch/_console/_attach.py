@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from icelaunch._console import _relay
+from icelaunch._console import _early, _relay
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,18 @@ def attach() -> None:
     _relay.LAUNCHER_FDS.clear()
     address = os.environ.pop(ADDRESS_ENV, None)
     if not address:
+        _early.give_back()
         return
     try:
         fds = _receive(address, _hello())
     except (OSError, ValueError) as exc:
         logger.debug("no console relay at %s: %s", address, exc)
+        _early.give_back()
         return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    _early.hand_over({1: fds[0], 2: fds[1]})  # what this worker wrote before, first
     for target, fd in zip((1, 2), fds, strict=True):
         os.dup2(fd, target)
         os.close(fd)

@@ -82,7 +82,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
             return _Target(name, _worker.run, (job,), True, mark, console)
         sent.append(_payload(name, job))
-        return _Target(name, _worker.run, (sent[-1].payload,), True, mark, console)
+        marked = (sent[-1].payload, _console.WorkerMark())  # the mark: see _console._early
+        return _Target(name, _worker.run, marked, True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     try:
