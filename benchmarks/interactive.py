@@ -123,18 +123,21 @@ def _size_bytes(name: str) -> int:
 
 
 def cold_table(repeats: int, n: int = 4) -> tuple[str, dict[str, Any]]:
-    torch_s, job_s = [], []
+    torch_s, job_s, warm_s = [], [], []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch"], check=True, timeout=300)
         torch_s.append(time.perf_counter() - start)
         job_s.append(peer_run("cold", str(n))[1])
-    ratio = statistics.median(job_s) / statistics.median(torch_s)
+        warm_s.append(peer_run("cold", str(n), "--warm-up")[1])
+    base = statistics.median(torch_s)
     text = (
-        f"cold start: a {n}-worker job, whole process {stat(job_s)} s; "
-        f'`python -c "import torch"` {stat(torch_s)} s; ratio {ratio:.2f}x'
+        f"cold start: a {n}-worker job, whole process {stat(job_s)} s, "
+        f'{statistics.median(job_s) / base:.2f}x `python -c "import torch"` ({stat(torch_s)} s); '
+        f"with `icelaunch.warm_up()` before `import torch`: {stat(warm_s)} s, "
+        f"{statistics.median(warm_s) / base:.2f}x"
     )
-    return text, {"torch": torch_s, "job": job_s}
+    return text, {"torch": torch_s, "job": job_s, "warm_up": warm_s}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

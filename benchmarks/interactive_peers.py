@@ -2,7 +2,7 @@
 
     python benchmarks/interactive_peers.py warm PEER NPROC REPEATS
     python benchmarks/interactive_peers.py data REPEATS [--gb]
-    python benchmarks/interactive_peers.py cold NPROC
+    python benchmarks/interactive_peers.py cold NPROC [--warm-up]
 
 ``warm``: one launch to warm up, then REPEATS timed launches of the same job
 (join a gloo group, one all_reduce) by PEER: ``icelaunch``, ``floor`` (this
@@ -13,10 +13,16 @@ arguments and results of various sizes; seconds and the process tree's peak PSS.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["cold"] and "--warm-up" in sys.argv:
+    import icelaunch
+
+    icelaunch.warm_up()  # before torch: the fork server imports it alongside this process
+
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
