@@ -97,11 +97,25 @@ def table(samples: dict[str, dict[int, list[dict[str, float]]]], sizes: list[int
         for peer in PEERS:
             runs = samples[peer][n]
             cells = [stat([s[key] for s in runs]) for key in ("wall_s", "call_s", "return_lag_s")]
+            ratio = med(runs, "wall_s") / base
             rows.append(
                 f"| {LABELS[peer]} | {n} | {' | '.join(cells)} | "
-                f"{med(runs, 'rss_mb'):.0f} | {med(runs, 'wall_s') / base:.2f}x |"
+                f"{med(runs, 'rss_mb'):.0f} | {'-' if ratio != ratio else f'{ratio:.2f}x'} |"
             )
     return "\n".join(rows)
+
+
+def return_lags(samples: dict[str, dict[int, list[dict[str, float]]]], sizes: list[int]) -> str:
+    """Return lag (last worker's function returned -> the call returned) in ms."""
+    lines = ["return lag, median (min-max) ms:"]
+    for peer in samples:
+        cells = []
+        for n in sizes:
+            lags = [s["return_lag_s"] * 1000 for s in samples[peer][n]]
+            spread = f"{min(lags):.1f}-{max(lags):.1f}"
+            cells.append(f"{n} workers {statistics.median(lags):.1f} ({spread})")
+        lines.append(f"  {LABELS[peer]:48} " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def per_worker_cost(samples: dict[str, dict[int, list[dict[str, float]]]], sizes: list[int]) -> str:
@@ -143,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table(samples, sizes),
         "",
         per_worker_cost(samples, sizes),
+        "",
+        return_lags(samples, sizes),
         "",
         f"icelaunch, 4 workers: second launch in the same process {stat(extra['second_s'])} s; "
         f"one rank failing -> call raises {stat(extra['teardown_s'])} s",
