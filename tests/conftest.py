@@ -14,6 +14,12 @@ from tests_helpers import is_mp_helper
 
 _GRACE_S = 5.0
 
+# A suite started in the background of a non-interactive shell (`make test &`) inherits
+# SIGINT ignored, and so would every launcher a test starts: icelaunch keeps an ignored
+# SIGINT ignored, and the Ctrl-C tests would wait in vain. Tests run as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def _children() -> list[psutil.Process]:
     try:

@@ -253,12 +253,14 @@ def test_thirty_two_workers_on_two_cores() -> None:
 LEAK_SCRIPT = """
 import json, os, tempfile, threading
 import psutil
+import icelaunch
 from icelaunch import ElasticLauncher
 
 def succeed(launcher):
     return int(launcher.rank)
 
 def snapshot():
+    assert icelaunch.wait_teardown(60)  # a success returns first, then finishes
     me = psutil.Process()
     helpers = ("resource_tracker", "forkserver")
     children = [p for p in me.children(recursive=True)
