@@ -44,7 +44,6 @@ from icelaunch._spec import LaunchSpec, spec_to_json
 logger = logging.getLogger(__name__)
 
 LINE_PREFIX = "[rank${rank}]: "
-SHUTDOWN_TIMEOUT_S = 3
 SETUP_RETRIES = 2  # launches again after gloo's intermittent connection failure
 SPEC_ENV = _worker.SPEC_ENV
 
@@ -302,7 +301,6 @@ def _run_agent(
         watch=watch,
         run_dir=run_dir,
         log_line_prefix_template=LINE_PREFIX,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     shutdown_rdzv = True
 

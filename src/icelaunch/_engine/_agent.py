@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import select
 import signal
@@ -23,6 +25,13 @@ logger = logging.getLogger(__name__)
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
 _SETTLE_S = 0.5  # after a failure, before the others are stopped
 _USUAL_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+@functools.cache
+def _shutdown_takes_timeout() -> bool:
+    """Whether torch's ``LocalElasticAgent._shutdown`` takes ``timeout`` (newer torch;
+    2.11 has ``death_sig`` only). The one torch version gate of the stop path."""
+    return "timeout" in inspect.signature(LocalElasticAgent._shutdown).parameters
 
 
 class DoneListener:
@@ -280,7 +289,11 @@ class Agent(LocalElasticAgent):
             for w in self._workers:
                 w.close()
             self._workers = []
-        super()._shutdown(death_sig, timeout=0)  # workers are gone: torch only closes
+        # workers are gone: torch only closes its process context
+        if _shutdown_takes_timeout():
+            super()._shutdown(death_sig, timeout=0)
+        else:
+            super()._shutdown(death_sig)  # torch 2.11 and older (no wait left anyway)
 
     def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
         """Global rank -> pid of the workers that have neither returned nor died."""
