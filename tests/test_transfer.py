@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from icelaunch import ElasticLauncher, WorkerFailedError, _transfer
+from icelaunch import ElasticLauncher, WorkerFailedError, _shared_move, _transfer
 from tests_helpers import assert_gone
 
 pytestmark = pytest.mark.timeout(180)
@@ -213,12 +213,69 @@ def test_cuda_tensors_are_refused_with_what_to_do() -> None:
         _transfer.send({"x": [fake]})
 
 
+def _rss_anon() -> int:
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_move_gives_the_old_pages_back_as_it_writes() -> None:
+    """The caller holds the bytes once: each written chunk's source pages are freed."""
+    t = torch.arange(32 * MB, dtype=torch.int32)  # 128 MB, every page touched
+    expected = hashlib.sha256(t.numpy().tobytes()).hexdigest()
+    fd = os.memfd_create("test-move")
+    try:
+        before = _rss_anon()
+        _shared_move._write_releasing(fd, t.data_ptr(), 128 * MB, release=True)
+        given_back = before - _rss_anon()
+        assert given_back > 120 * MB, f"only {given_back / MB:.0f} MB of 128 MB given back"
+        assert hashlib.sha256(os.pread(fd, 128 * MB, 0)).hexdigest() == expected
+        assert not t[2048 : 4 * MB].any()  # given back: reads as zeros (past the first page)
+    finally:
+        os.close(fd)
+
+
+def test_a_moved_tensor_keeps_its_values_views_and_writes() -> None:
+    t = torch.randn(2 * MB)
+    expected, view = t.clone(), t[5:]
+    sent = _transfer.send({"t": t})
+    assert t.is_shared() and torch.equal(t, expected) and torch.equal(view, expected[5:])
+    got = _transfer.receive(sent.payload)["t"]
+    got[5] = 42.0
+    assert t[5] == 42.0 and view[0] == 42.0
+    sent.close()
+
+
+def test_a_tensor_over_foreign_memory_moves_without_touching_that_memory() -> None:
+    """``torch.from_numpy``: the array still owns the old memory; it must stay intact."""
+    arr = np.arange(MB, dtype=np.float64)
+    t = torch.from_numpy(arr)
+    sent = _transfer.send(t)
+    assert t.is_shared() and torch.equal(t, torch.arange(MB, dtype=torch.float64))
+    assert np.array_equal(arr, np.arange(MB, dtype=np.float64))  # not given back
+    sent.close()
+
+
 def test_torch_internals_we_rely_on() -> None:
     """Fails loudly when torch changes what transfer relies on."""
     storage = torch.ones(MB).untyped_storage()
     fd, nbytes = storage._share_fd_cpu_()
     assert nbytes == 4 * MB and os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/")
     assert storage._share_fd_cpu_()[0] == fd  # idempotent: no second copy
+    # _shared_move: a storage mapping a duplicate of our memfd takes the data pointer
+    # of a plain one in place, and then gives that memfd as its own, with no copy
+    plain = torch.ones(MB).untyped_storage()
+    assert plain.resizable() and not torch.from_numpy(np.ones(4)).untyped_storage().resizable()
+    memfd = os.memfd_create("test-internals")
+    os.pwrite(memfd, bytes(plain), 0)
+    shared = torch.UntypedStorage._new_shared_fd_cpu(memfd, 4 * MB)
+    os.close(memfd)
+    address = shared.data_ptr()
+    plain._swap_data_ptr_(shared)
+    assert plain.data_ptr() == address and plain.is_shared()
+    fd, nbytes = plain._share_fd_cpu_()
+    assert nbytes == 4 * MB and os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:test-")
+    assert plain.data_ptr() == address
     # results are mapped while the workers wait for the launcher to read them all
     from torch.distributed.elastic.multiprocessing import api
 

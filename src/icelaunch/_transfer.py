@@ -8,7 +8,8 @@ What travels how (objects below ``MIN_SHARED_BYTES`` are pickled as usual):
 
 - CPU tensors (also inside containers, dataclasses and modules: a parameter
   pickles as its ``.data``): as in ``torch.multiprocessing``, the sender's
-  storage *moves* to shared memory, in place (``Tensor.share_memory_()``), and
+  storage *moves* to shared memory, in place (as ``Tensor.share_memory_()``
+  does, without holding the bytes twice: ``_shared_move``), and
   receivers map the same pages: writes are seen by everyone, the sender included.
 - numpy arrays, ``bytearray``, ``memoryview`` and ``bytes``: copied once into
   one unnamed shared file; receivers map it copy-on-write, so their writes stay
@@ -33,6 +34,7 @@ import sys
 from typing import Any
 
 from icelaunch._diagnosis._code import CodePickler
+from icelaunch._shared_move import move_to_memfd
 
 MIN_SHARED_BYTES = 1 << 20
 _ALIGN = 64
@@ -241,10 +243,13 @@ def _shareable(obj: Any, torch: Any) -> bool:
 
 def _share_fd(storage: Any) -> tuple[int, int]:
     """Move ``storage`` to unnamed shared memory in place (as ``share_memory_()`` does
-    with torch's default strategy); its descriptor and size. The descriptor is the
-    storage's own: it stays open while the storage lives."""
-    fd, nbytes = storage._share_fd_cpu_()
-    return int(fd), int(nbytes)
+    with torch's default strategy, holding its bytes once: ``_shared_move``); its
+    descriptor and size. The descriptor is the storage's own: it stays open while
+    the storage lives. A storage shared already keeps its memory."""
+    if storage.is_shared():
+        fd, nbytes = storage._share_fd_cpu_()
+        return int(fd), int(nbytes)
+    return move_to_memfd(storage)
 
 
 class _Unpickler(pickle.Unpickler):

@@ -1,0 +1,95 @@
+"""Move a CPU storage to unnamed shared memory in place, holding its bytes once.
+
+``Tensor.share_memory_()`` copies the whole storage into a new segment and only then
+frees the old memory: for a moment the process holds the data twice, and every new
+page is taken by a fault. :func:`move_to_memfd` writes the storage into a ``memfd``
+chunk by chunk (the kernel allocates the file's pages as it writes them) and, where
+the old memory is the storage's own allocation, gives each chunk's pages back as soon
+as they are written. Then the storage's data pointer is swapped to a mapping of the
+file, exactly as ``share_memory_()`` does, so every tensor viewing the storage sees
+the shared pages and writes are seen by every process that maps them.
+
+While the move runs, other threads must not use the tensor (as with
+``share_memory_()``, whose old memory is freed under them): a chunk already given
+back reads as zeros until the swap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from typing import Any
+
+CHUNK_BYTES = 16 << 20
+_MADV_DONTNEED = 4
+
+
+def move_to_memfd(storage: Any) -> tuple[int, int]:
+    """Move ``storage`` (CPU, not yet shared) to a memfd in place; its descriptor
+    and size as ``storage._share_fd_cpu_()`` gives them (the storage keeps the
+    descriptor open while it lives).
+
+    Falls back to ``_share_fd_cpu_()`` where torch lacks ``_swap_data_ptr_``.
+    """
+    kind = type(storage)
+    if not (hasattr(kind, "_swap_data_ptr_") and hasattr(kind, "_new_shared_fd_cpu")):
+        fd, nbytes = storage._share_fd_cpu_()
+        return int(fd), int(nbytes)
+    nbytes = int(storage.nbytes())
+    fd = os.memfd_create("icelaunch-shared", os.MFD_CLOEXEC)
+    try:
+        _write_releasing(fd, storage.data_ptr(), nbytes, release=_owns_its_memory(storage))
+        shared = kind._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
+    finally:
+        os.close(fd)
+    storage._swap_data_ptr_(shared)
+    del shared  # holds the old memory now: freed here
+    fd, size = storage._share_fd_cpu_()  # the mapping's own descriptor, no copy
+    return int(fd), int(size)
+
+
+def _owns_its_memory(storage: Any) -> bool:
+    """Whether the storage's memory is its allocator's, with no other owner.
+
+    Storages made over foreign memory (``torch.from_numpy``, ``frombuffer``, a
+    private file mapping) are not resizable; pinned memory is locked and registered
+    with the GPU driver. Their pages are never given back early.
+    """
+    import torch
+
+    pinned = torch.cuda.is_initialized() and storage.is_pinned()  # no CUDA: none pinned
+    return bool(storage.resizable()) and not pinned
+
+
+def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> None:
+    """Write ``nbytes`` at ``address`` into ``fd``; with ``release``, give back each
+    whole page of the source once it is written."""
+    source = (ctypes.c_char * nbytes).from_address(address)
+    view = memoryview(source).cast("B")
+    page = mmap.PAGESIZE
+    released = -(-address // page) * page  # pages partly outside the storage stay
+    try:
+        done = 0
+        while done < nbytes:
+            end = min(nbytes, done + CHUNK_BYTES)
+            while done < end:
+                done += os.pwrite(fd, view[done:end], done)
+            if release:
+                upto = (address + done) // page * page
+                if upto > released:
+                    _madvise_dontneed(released, upto - released)
+                    released = upto
+    finally:
+        view.release()
+
+
+_libc: Any = None
+
+
+def _madvise_dontneed(address: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _libc.madvise(address, length, _MADV_DONTNEED)  # a refusal only keeps the pages
