@@ -235,6 +235,28 @@ def test_a_move_gives_the_old_pages_back_as_it_writes() -> None:
         os.close(fd)
 
 
+def test_a_move_that_fails_midway_leaves_the_tensor_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of shared memory after some chunks were given back: they come back."""
+    t = torch.randn(4 * MB)
+    expected = t.clone()
+    real_pwrite, calls = os.pwrite, []
+
+    def failing_pwrite(fd: int, data: Any, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(_shared_move, "CHUNK_BYTES", 2 * MB)
+    monkeypatch.setattr(_shared_move.os, "pwrite", failing_pwrite)
+    with pytest.raises(OSError, match="No space left"):
+        _transfer.send(t)
+    assert len(calls) == 3 and not t.is_shared()
+    assert torch.equal(t, expected)
+
+
 def test_a_moved_tensor_keeps_its_values_views_and_writes() -> None:
     t = torch.randn(2 * MB)
     expected, view = t.clone(), t[5:]

@@ -58,7 +58,8 @@ def _owns_its_memory(storage: Any) -> bool:
     """
     import torch
 
-    pinned = torch.cuda.is_initialized() and storage.is_pinned()  # no CUDA: none pinned
+    cuda_in_use = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    pinned = cuda_in_use and storage.is_pinned()  # no CUDA: nothing pinned (and no init)
     return bool(storage.resizable()) and not pinned
 
 
@@ -69,6 +70,7 @@ def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> No
     view = memoryview(source).cast("B")
     page = mmap.PAGESIZE
     released = -(-address // page) * page  # pages partly outside the storage stay
+    first = released
     try:
         done = 0
         while done < nbytes:
@@ -80,8 +82,18 @@ def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> No
                 if upto > released:
                     _madvise_dontneed(released, upto - released)
                     released = upto
+    except BaseException:
+        if released > first:  # the storage stays where it was: its bytes come back
+            _read_all(fd, view[first - address : released - address], first - address)
+        raise
     finally:
         view.release()
+
+
+def _read_all(fd: int, into: memoryview, offset: int) -> None:
+    done = 0
+    while done < into.nbytes:
+        done += os.preadv(fd, [into[done:]], offset + done)
 
 
 _libc: Any = None
