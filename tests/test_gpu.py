@@ -73,6 +73,16 @@ def test_a_large_cpu_argument_reaches_gpu_workers_intact() -> None:
     assert results == {0: (expected, "cuda:0"), 1: (expected, "cuda:0")}
 
 
+def test_a_pinned_argument_reaches_gpu_workers_and_the_caller_keeps_its_values() -> None:
+    """Pinned memory is never given back early during the move (see _shared_move)."""
+    t = torch.arange(16 * 2**20, dtype=torch.float32).pin_memory()  # 64 MB
+    expected = float(t.double().sum().item())
+    launcher = ElasticLauncher("cuda:0,0", **FAST).freeze()
+    results = launcher(to_device_and_sum, launcher, t)
+    assert results == {0: (expected, "cuda:0"), 1: (expected, "cuda:0")}
+    assert torch.equal(t, torch.arange(16 * 2**20, dtype=torch.float32))
+
+
 def cuda_result(launcher: ElasticLauncher) -> torch.Tensor:
     return torch.full((1024,), float(launcher.rank), device=launcher.assigned_device)
 
