@@ -20,6 +20,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["cold"] and "--warm-up" in sys.a
 
     icelaunch.warm_up()  # before torch: the fork server imports it alongside this process
 
+import functools
 import json
 import os
 import socket
@@ -203,6 +204,19 @@ def measured(fn: Callable[[], Any]) -> tuple[float, int]:
     return took, pss.peak
 
 
+def write_to_memfd(t: torch.Tensor) -> None:
+    """The physical floor of sharing ``t`` with processes not forked from this one:
+    its bytes written once into shared memory (the kernel allocates every page)."""
+    view = memoryview(t.numpy()).cast("B")
+    fd = os.memfd_create("floor")
+    try:
+        done = 0
+        while done < view.nbytes:
+            done += os.pwrite(fd, view[done:], done)
+    finally:
+        os.close(fd)
+
+
 def data(repeats: int, with_gb: bool) -> dict[str, Any]:
     """Rows: tiny, 100 MB, 400 MB (new tensor, then the same again), 1 GB arguments;
     4 ranks each making 100 MB and returning it or not."""
@@ -223,7 +237,11 @@ def data(repeats: int, with_gb: bool) -> dict[str, Any]:
             row(f"{mb} MB tensor argument, again", takes, arg)
             del arg
             alone = torch.rand(mb * MB // 4)  # the floor of a first launch: its one copy
-            name = f"{mb} MB tensor argument: floor, `share_memory_()` alone, no launch"
+            name = f"{mb} MB tensor argument: floor, its bytes written to a memfd, no launch"
+            rows.setdefault(name, []).append(measured(functools.partial(write_to_memfd, alone)))
+            del alone
+            alone = torch.rand(mb * MB // 4)
+            name = f"{mb} MB tensor argument: torch's `share_memory_()` alone, no launch"
             rows.setdefault(name, []).append(measured(alone.share_memory_))
             del alone
         row("4 ranks making 100 MB, returning None", gives, 100 * MB, False)
