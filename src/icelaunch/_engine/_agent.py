@@ -163,7 +163,8 @@ class Agent(LocalElasticAgent):
             self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
         self._listener.receive()  # a rank that returned, then exited, has reported by now
         if not self._unlinked and len(self._listener.up) == len(self._workers):
-            self._unlinked = _procs.unlink_semaphores(self._pcontext) >= 0
+            _procs.unlink_semaphores(self._pcontext)
+            self._unlinked = True
         failures = self._failures(worker_group, set(self.exits))
         if failures:
             self._last_failures = failures
