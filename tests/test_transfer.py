@@ -265,6 +265,23 @@ def test_a_move_that_fails_midway_leaves_the_tensor_as_it_was(
     assert torch.equal(t, expected)
 
 
+@MOVES_IN_CHUNKS
+def test_a_move_whose_mapping_fails_leaves_the_tensor_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every chunk written and given back, then mapping the file fails."""
+    t = torch.randn(4 * MB)
+    expected = t.clone()
+
+    def failing_map(fd: int, size: int) -> Any:
+        raise RuntimeError("unable to mmap: Cannot allocate memory")
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared_fd_cpu", failing_map)
+    with pytest.raises(RuntimeError, match="unable to mmap"):
+        _transfer.send(t)
+    assert not t.is_shared() and torch.equal(t, expected)
+
+
 def test_a_moved_tensor_keeps_its_values_views_and_writes() -> None:
     t = torch.randn(2 * MB)
     expected, view = t.clone(), t[5:]

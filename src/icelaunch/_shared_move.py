@@ -37,13 +37,18 @@ def move_to_memfd(storage: Any) -> tuple[int, int]:
         fd, nbytes = storage._share_fd_cpu_()
         return int(fd), int(nbytes)
     nbytes = int(storage.nbytes())
+    address = int(storage.data_ptr())
     fd = os.memfd_create("icelaunch-shared", os.MFD_CLOEXEC)
     try:
-        _write_releasing(fd, storage.data_ptr(), nbytes, release=_owns_its_memory(storage))
-        shared = kind._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
+        given_back = _write_releasing(fd, address, nbytes, release=_owns_its_memory(storage))
+        try:
+            shared = kind._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
+            storage._swap_data_ptr_(shared)
+        except BaseException:
+            _restore(fd, address, given_back)  # the storage stays where it was
+            raise
     finally:
         os.close(fd)
-    storage._swap_data_ptr_(shared)
     del shared  # holds the old memory now: freed here
     fd, size = storage._share_fd_cpu_()  # the mapping's own descriptor, no copy
     return int(fd), int(size)
@@ -63,14 +68,14 @@ def _owns_its_memory(storage: Any) -> bool:
     return bool(storage.resizable()) and not pinned
 
 
-def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> None:
+def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> tuple[int, int]:
     """Write ``nbytes`` at ``address`` into ``fd``; with ``release``, give back each
-    whole page of the source once it is written."""
+    whole page of the source once it is written. Returns the address range given
+    back; if the write fails, that range is read back first."""
     source = (ctypes.c_char * nbytes).from_address(address)
     view = memoryview(source).cast("B")
     page = mmap.PAGESIZE
-    released = -(-address // page) * page  # pages partly outside the storage stay
-    first = released
+    first = released = -(-address // page) * page  # pages partly outside the storage stay
     try:
         done = 0
         while done < nbytes:
@@ -83,17 +88,26 @@ def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> No
                     _madvise_dontneed(released, upto - released)
                     released = upto
     except BaseException:
-        if released > first:  # the storage stays where it was: its bytes come back
-            _read_all(fd, view[first - address : released - address], first - address)
+        _restore(fd, address, (first, released))
         raise
     finally:
         view.release()
+    return first, released
 
 
-def _read_all(fd: int, into: memoryview, offset: int) -> None:
-    done = 0
-    while done < into.nbytes:
-        done += os.preadv(fd, [into[done:]], offset + done)
+def _restore(fd: int, address: int, given_back: tuple[int, int]) -> None:
+    """Read the range ``given_back`` (addresses) back from ``fd``, where the bytes
+    starting at ``address`` were written."""
+    start, end = given_back
+    if end <= start:
+        return
+    into = memoryview((ctypes.c_char * (end - start)).from_address(start)).cast("B")
+    try:
+        done = 0
+        while done < into.nbytes:
+            done += os.preadv(fd, [into[done:]], start - address + done)
+    finally:
+        into.release()
 
 
 _libc: Any = None
