@@ -26,16 +26,14 @@ _MADV_DONTNEED = 4
 
 
 def move_to_memfd(storage: Any) -> tuple[int, int]:
-    """Move CPU ``storage`` to a memfd in place; its descriptor and size as
-    ``storage._share_fd_cpu_()`` gives them (the storage keeps the descriptor open
-    while it lives).
+    """Move ``storage`` (CPU, not yet shared) to a memfd in place; its descriptor
+    and size as ``storage._share_fd_cpu_()`` gives them (the storage keeps the
+    descriptor open while it lives).
 
-    A storage shared already keeps its memory; where torch lacks ``_swap_data_ptr_``
-    the move is ``_share_fd_cpu_()``'s (what ``share_memory_()`` does).
+    Falls back to ``_share_fd_cpu_()`` where torch lacks ``_swap_data_ptr_``.
     """
     kind = type(storage)
-    swaps = hasattr(kind, "_swap_data_ptr_") and hasattr(kind, "_new_shared_fd_cpu")
-    if storage.is_shared() or not swaps:
+    if not (hasattr(kind, "_swap_data_ptr_") and hasattr(kind, "_new_shared_fd_cpu")):
         fd, nbytes = storage._share_fd_cpu_()
         return int(fd), int(nbytes)
     nbytes = int(storage.nbytes())
@@ -82,8 +80,8 @@ def _write_releasing(fd: int, address: int, nbytes: int, *, release: bool) -> tu
         done = 0
         while done < nbytes:
             end = min(nbytes, done + CHUNK_BYTES)
-            pwrite_all(fd, view[done:end], done)
-            done = end
+            while done < end:
+                done += os.pwrite(fd, view[done:end], done)
             if release:
                 upto = (address + done) // page * page
                 if upto > released:
@@ -110,13 +108,6 @@ def _restore(fd: int, address: int, given_back: tuple[int, int]) -> None:
             done += os.preadv(fd, [into[done:]], start - address + done)
     finally:
         into.release()
-
-
-def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    """Write all of ``view`` into ``fd`` at ``offset``."""
-    done = 0
-    while done < view.nbytes:
-        done += os.pwrite(fd, view[done:], offset + done)
 
 
 _libc: Any = None

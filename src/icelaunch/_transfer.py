@@ -34,7 +34,7 @@ import sys
 from typing import Any
 
 from icelaunch._diagnosis._code import CodePickler
-from icelaunch._shared_move import move_to_memfd, pwrite_all
+from icelaunch._shared_move import move_to_memfd
 
 MIN_SHARED_BYTES = 1 << 20
 _ALIGN = 64
@@ -200,7 +200,7 @@ class _Sharing:
         return ("tensor", ref, layout, obj.requires_grad)
 
     def _moved(self, storage: Any) -> FdRef:
-        fd, nbytes = move_to_memfd(storage)  # the storage's own descriptor
+        fd, nbytes = _share_fd(storage)
         self.sent.keep.append(storage)
         return FdRef(os.getpid(), fd, os.fstat(fd).st_ino, nbytes)
 
@@ -239,6 +239,17 @@ def _shareable(obj: Any, torch: Any) -> bool:
         and not obj.is_neg()
         and (obj.is_leaf or not obj.requires_grad)
     )
+
+
+def _share_fd(storage: Any) -> tuple[int, int]:
+    """Move ``storage`` to unnamed shared memory in place (as ``share_memory_()`` does
+    with torch's default strategy, holding its bytes once: ``_shared_move``); its
+    descriptor and size. The descriptor is the storage's own: it stays open while
+    the storage lives. A storage shared already keeps its memory."""
+    if storage.is_shared():
+        fd, nbytes = storage._share_fd_cpu_()
+        return int(fd), int(nbytes)
+    return move_to_memfd(storage)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -310,8 +321,14 @@ def _write_file(blobs: list[memoryview], sent: Sent) -> FdRef:
     sent.fds.append(fd)
     os.ftruncate(fd, total)
     for view, (off, _) in zip(blobs, spans, strict=True):
-        pwrite_all(fd, view, off)
+        _pwrite_all(fd, view, off)
     return FdRef(os.getpid(), fd, os.fstat(fd).st_ino, total)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < view.nbytes:
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 class Shared:
