@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from icelaunch._console._screen import HOLD_S, Screen, Source
-from icelaunch._console._text import CR, LINE, NONE, check_template, expand, place_prefixes
+from icelaunch._console._text import CR, LINE, NONE, expand, place_prefixes
+from icelaunch._rundir import check_template
 from test_cli import icelaunch
 
 ROOT = Path(__file__).resolve().parents[1]

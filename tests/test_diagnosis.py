@@ -142,7 +142,7 @@ def test_timeout_names_file_function_and_line_of_the_stuck_rank(tmp_path: Path) 
     assert message.index("ranks 0,2: dist.all_reduce(torch.ones(1))") > first  # odd one first
     line = stuck_in_sleep.__code__.co_firstlineno + 1
     assert f'> File "{THIS_FILE}", line {line}, in stuck_in_sleep' in err.stacks[1]
-    assert "_worker.py" not in message  # icelaunch's bootstrap is left out
+    assert "icelaunch/_worker/" not in message  # icelaunch's bootstrap is left out
     print(f"\ntimeout={TIMEOUT_S}: raised after {took:.1f} s\n{message}")
 
 
@@ -227,7 +227,7 @@ def test_segfault_reports_the_python_stack_at_the_crash() -> None:
     line = crash_in_native_code.__code__.co_firstlineno + 3
     assert f'> File "{THIS_FILE}", line {line}, in crash_in_native_code' in detail.traceback
     assert "ctypes.string_at(0)" in detail.traceback
-    assert "_worker.py" not in detail.traceback
+    assert "icelaunch/_worker/" not in detail.traceback
 
 
 # ---- driver processes: Ctrl-C, `icelaunch stacks`, functions from __main__ --------
@@ -315,7 +315,7 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
     # have printed some: look only at the tracebacks of the function)
     for block in out.split("Traceback (most recent call last):")[1:]:
         if "in raises_in_main" in block:
-            assert "_worker.py" not in block, block
+            assert "icelaunch/_worker/" not in block, block
 
 
 def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -362,7 +362,7 @@ Current thread 0x00007f0000000001 (most recent call first):
   File "{site}/torch/distributed/distributed_c10d.py", line 3252 in all_reduce
   File "/home/u/train.py", line 120 in step
   File "/home/u/train.py", line 131 in main
-  File "{icelaunch}/_worker.py", line 292 in _run_in_group
+  File "{icelaunch}/_worker/_run.py", line 292 in _run_in_group
   File "/usr/lib/python3.11/multiprocessing/process.py", line 108 in run
   File "<string>", line 1 in <module>
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from icelaunch import ElasticLauncher, RendezvousClosedError
-from icelaunch._ports import free_port
+from icelaunch._engine._ports import free_port
 from multinode_helpers import results_of, start_node, timed_out_clearly, wait_for
 from tests_helpers import all_reduce_sum
 

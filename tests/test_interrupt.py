@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from icelaunch._ports import free_port
+from icelaunch._engine._ports import free_port
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -163,7 +163,7 @@ def test_ctrl_c_early_in_a_launch_prints_no_traceback(tmp_path: Path, delay_s: f
 
 FORK_SERVER_MASK = """
 import multiprocessing.forkserver
-from icelaunch import _forkserver
+from icelaunch._engine import _forkserver
 
 _forkserver.warm_up()
 pid = multiprocessing.forkserver._forkserver._forkserver_pid

@@ -277,7 +277,7 @@ def test_failures_in_user_code_are_never_retried(tmp_path: Path) -> None:
 def _error(message: str, before_user_code: bool) -> WorkerFailedError:
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    from icelaunch._failures import RankFailure
+    from icelaunch._engine._failures import RankFailure
 
     failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file="")
     detail = RankFailure(0, 0, 1, None, "builtins.RuntimeError", message, "")

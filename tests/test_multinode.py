@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from icelaunch import ElasticLauncher
-from icelaunch._ports import free_port
+from icelaunch._engine._ports import free_port
 from multinode_helpers import flags, results_of, start_node, stop_nodes, timed_out_clearly, wait_for
 from tests_helpers import all_reduce_sum
 

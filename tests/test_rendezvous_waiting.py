@@ -12,7 +12,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 
 from icelaunch import ElasticLauncher, RendezvousTimeoutError
 from icelaunch._engine import _waiting
-from icelaunch._ports import free_port
+from icelaunch._engine._ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 LOGGER = "icelaunch._engine._waiting"

@@ -1,4 +1,4 @@
-"""``python -m icelaunch._script``: scripts run as Python runs them, after the worker set-up."""
+"""``python -m icelaunch._worker._script``: scripts run as Python runs them, after the worker set-up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from icelaunch import _script
+from icelaunch._worker import _script
 from test_cli import icelaunch, launch, write
 
 RUN_TIMEOUT_S = 60
@@ -21,7 +21,7 @@ print("SEEN", json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name
 
 
 def wrapped(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-u", "-m", "icelaunch._script", *command]
+    argv = [sys.executable, "-u", "-m", "icelaunch._worker._script", *command]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from torch.distributed import run as torchrun
 
-from icelaunch import _torchrun, cli
+from icelaunch import cli
+from icelaunch.cli import _torchrun
 from icelaunch._launcher import ElasticLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +75,9 @@ def test_only_torchruns_own_variables_are_read(script: Path, no_pet: pytest.Monk
 
 
 @pytest.mark.parametrize("action", TORCHRUN_OPTIONS, ids=_long_flag)
-def test_the_readme_table_lists_every_torchrun_option(action: object) -> None:
-    table = (ROOT / "README.md").read_text().split("| torchrun | icelaunch |", 1)[1]
+def test_the_docs_table_lists_every_torchrun_option(action: object) -> None:
+    page = (ROOT / "docs" / "command-line.md").read_text()
+    table = page.split("| torchrun | icelaunch |", 1)[1]
     table = table.split("\n\n", 1)[0]
     assert f"`{_long_flag(action)}" in table
 
@@ -84,7 +86,7 @@ def test_keyword_only_parameters_become_flags_automatically() -> None:
     flags = {s for a in cli.build_parser()._actions for s in a.option_strings}
     signature = inspect.signature(ElasticLauncher.__freeze__)
     for name in signature.parameters:
-        if name == "self" or name in cli.FUNCTION_ONLY:
+        if name == "self" or name in cli._parser.FUNCTION_ONLY:
             continue
         assert "--" + name.replace("_", "-") in flags, name
     assert "--warm-start" not in flags and "--process-group" not in flags

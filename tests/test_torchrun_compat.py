@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from icelaunch import ElasticLauncher, WorkerFailedError, _user_group
+from icelaunch import ElasticLauncher, WorkerFailedError, _torch_internals
 from icelaunch._engine import _setup
 from test_cli import icelaunch, launch, write
 from tests_helpers import all_reduce_sum
@@ -107,7 +107,7 @@ def test_process_group_false_restarts(tmp_path: Path) -> None:
 
 def test_torch_env_rendezvous_registry_is_as_icelaunch_expects() -> None:
     """_user_group wraps torch's private env:// handler; fail loudly if torch moves it."""
-    assert callable(_user_group.env_handlers()["env"])
+    assert callable(_torch_internals.env_handlers()["env"])
 
 
 def test_process_group_must_be_a_bool() -> None:

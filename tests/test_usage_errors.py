@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from icelaunch import ElasticLauncher
-from icelaunch._ports import AGREED_RANGE, agreed_port
+from icelaunch._engine._ports import AGREED_RANGE, agreed_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,7 +29,7 @@ from icelaunch._errors import (
 
 if TYPE_CHECKING:
     from icelaunch._devices import parse_devices
-    from icelaunch._failures import LaunchTimeoutError, WorkerFailedError
+    from icelaunch._engine._failures import LaunchTimeoutError, WorkerFailedError
     from icelaunch._launcher import ElasticLauncher
     from icelaunch._worker import current, init_process_group
 
@@ -73,7 +73,7 @@ def warm_up() -> None:
             import torch
             ...
     """
-    from icelaunch import _forkserver
+    from icelaunch._engine import _forkserver
 
     _forkserver.warm_up()
 
@@ -99,8 +99,8 @@ def wait_teardown(timeout: float | None = None) -> bool:
 
 _LAZY = {
     "ElasticLauncher": "icelaunch._launcher",
-    "WorkerFailedError": "icelaunch._failures",
-    "LaunchTimeoutError": "icelaunch._failures",
+    "WorkerFailedError": "icelaunch._engine._failures",
+    "LaunchTimeoutError": "icelaunch._engine._failures",
     "current": "icelaunch._worker",
     "init_process_group": "icelaunch._worker",
     "parse_devices": "icelaunch._devices",

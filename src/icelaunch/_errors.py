@@ -9,11 +9,12 @@
     ├── RuntimeError
     │   ├── NotInWorkerError             a worker-only property read outside a worker
     │   ├── LaunchInterruptedError       SIGTERM, SIGHUP or SIGQUIT stopped a launch
-    │   ├── PortBusyError                the rendezvous port is taken (defined in _ports.py)
+    │   ├── PortBusyError                the rendezvous port is taken
     │   ├── RendezvousTimeoutError       not every node joined the rendezvous in time
     │   ├── RendezvousClosedError        the rendezvous of this rdzv_id is closed (a finished run)
     │   └── ChildFailedError (torch)
-    │       └── WorkerFailedError        workers of a launch failed (defined in _failures.py)
+    │       └── WorkerFailedError        workers of a launch failed (_engine/_failures.py:
+    │           │                        it subclasses torch's, which only the engine imports)
     │           └── LaunchTimeoutError   timeout passed or the job hung (also a TimeoutError)
     └── ValueError                       bad launch arguments (raised as plain ValueError)
 
@@ -52,6 +53,10 @@ class LaunchInterruptedError(RuntimeError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int]]:
         return (type(self), (str(self), self.signal))
+
+
+class PortBusyError(RuntimeError):
+    """The rendezvous port is held by another process."""
 
 
 class RendezvousTimeoutError(RuntimeError):

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from icelaunch import _cluster, _preflight, _worker
 from icelaunch._config import Configurable
-from icelaunch._spec import DEFAULT_PREFIX_TEMPLATE, LaunchSpec, build_spec
+from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_PREFIX_TEMPLATE
+from icelaunch._spec import LaunchSpec, build_spec
 
 if TYPE_CHECKING:
     import torch

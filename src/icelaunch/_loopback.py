@@ -1,5 +1,8 @@
 """TCPStore servers that listen on one address only, for jobs that stay on one node.
 
+Used by the engine (the rendezvous store) and the worker side (a one-node
+round's store hosted by worker rank 0).
+
 torch's ``TCPStore`` listens on every interface; given a socket we bound
 ourselves (``master_listen_fd``) it listens where that socket does.
 """
@@ -35,12 +38,3 @@ def loopback_store(host: str, port: int, timeout: datetime.timedelta = DEFAULT_T
     return TCPStore(
         host, port, 1, True, timeout, wait_for_workers=False, master_listen_fd=fd, use_libuv=True
     )
-
-
-def worker_store(rank: int, port: int, world_size: int) -> Any:
-    """The store of a one-node round hosted by worker rank 0, on loopback."""
-    from torch.distributed import TCPStore  # type: ignore[attr-defined]
-
-    if rank == 0:
-        return loopback_store(LOOPBACK, port)
-    return TCPStore(LOOPBACK, port, world_size=world_size, is_master=False)

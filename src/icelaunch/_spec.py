@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
-from icelaunch._console._text import DEFAULT_TEMPLATE, check_template
-
-DEFAULT_PREFIX_TEMPLATE = DEFAULT_TEMPLATE
+from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_PREFIX_TEMPLATE
+from icelaunch._rundir import check_template
 
 RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
 START_METHODS = ("spawn", "fork", "forkserver")

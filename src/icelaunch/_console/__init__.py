@@ -10,18 +10,16 @@ terminals). Worker side: :func:`attach`, called first thing in every worker.
 
 from __future__ import annotations
 
-from icelaunch._console._attach import ADDRESS_ENV, attach
+from icelaunch._console._attach import attach
 from icelaunch._console._early import WorkerMark
 from icelaunch._console._relay import Relay, Routes, new_address
-from icelaunch._console._text import DEFAULT_TEMPLATE, check_template
+from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_TEMPLATE
 
 __all__ = [
-    "ADDRESS_ENV",
     "DEFAULT_TEMPLATE",
     "Relay",
     "Routes",
     "WorkerMark",
     "attach",
-    "check_template",
     "new_address",
 ]

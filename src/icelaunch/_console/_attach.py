@@ -10,14 +10,14 @@ import socket
 import sys
 
 from icelaunch._console import _early, _relay
+from icelaunch._rundir import CONSOLE_ENV, Identity
 
 logger = logging.getLogger(__name__)
 
-ADDRESS_ENV = "ICELAUNCH_CONSOLE"
 CONNECT_TIMEOUT_S = 30.0
 
 
-def attach() -> None:
+def attach(who: Identity | None) -> None:
     """Make fds 1 and 2 this worker's relayed stdout and stderr (once, at start).
 
     Does nothing outside a launch. The environment variable is removed, so the
@@ -27,12 +27,12 @@ def attach() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _relay.LAUNCHER_FDS.clear()
-    address = os.environ.pop(ADDRESS_ENV, None)
-    if not address:
+    address = os.environ.pop(CONSOLE_ENV, None)
+    if not address or who is None:
         _early.give_back()
         return
     try:
-        fds = _receive(address, _hello())
+        fds = _receive(address, _hello(who))
     except (OSError, ValueError) as exc:
         logger.debug("no console relay at %s: %s", address, exc)
         _early.give_back()
@@ -46,19 +46,18 @@ def attach() -> None:
         os.close(fd)
 
 
-def _hello() -> bytes:
-    env = os.environ
-    who = {
-        "attempt": int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
-        "local_rank": int(env["LOCAL_RANK"]),
-        "rank": int(env.get("RANK", env["LOCAL_RANK"])),
-        "group_rank": int(env.get("GROUP_RANK", "0")),
-        "node_rank": int(env.get("GROUP_RANK", "0")),
-        "role_name": env.get("ROLE_NAME", "default"),
+def _hello(who: Identity) -> bytes:
+    info = {
+        "attempt": who.attempt,
+        "local_rank": who.local_rank,
+        "rank": who.rank,
+        "group_rank": who.group_rank,
+        "node_rank": who.group_rank,
+        "role_name": who.role_name,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
-    return json.dumps(who).encode() + b"\n"
+    return json.dumps(info).encode() + b"\n"
 
 
 def _receive(address: str, hello: bytes) -> list[int]:

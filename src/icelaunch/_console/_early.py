@@ -3,7 +3,7 @@
 A worker forked by the warm fork server runs multiprocessing's ``spawn._main``
 first: it imports the launcher's main module again (a script's top-level
 ``print``, warnings) and unpickles the job, before our code can attach it to
-the relay. In the fork server (``icelaunch._preload``), :func:`wrap_spawn_main`
+the relay. In the fork server (``icelaunch._engine._preload``), :func:`wrap_spawn_main`
 makes each new worker's fds 1 and 2 point at anonymous memory files first;
 ``attach`` then hands what they hold to the relayed streams (:func:`hand_over`),
 where it gets the rank's prefix and goes to the log files. A worker that ends

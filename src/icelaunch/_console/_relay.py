@@ -33,7 +33,8 @@ from typing import IO, Any
 
 from icelaunch._console._screen import Screen, Source
 from icelaunch._console._sink import Sink, guard_forks
-from icelaunch._console._text import DEFAULT_TEMPLATE, expand
+from icelaunch._console._text import expand
+from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 

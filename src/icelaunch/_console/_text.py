@@ -6,36 +6,9 @@ import re
 import string
 from collections.abc import Mapping
 
-DEFAULT_TEMPLATE = "[rank${rank}]: "
-FIELDS = ("rank", "local_rank", "role_name", "group_rank", "node_rank", "hostname")
-_EXAMPLE = "'[${role_name}${rank}]: '"
-
 #: what a stream's next byte needs: nothing, a prefix (line start), a prefix after ``\r``
 NONE, LINE, CR = 0, 1, 2
 _BREAKS = re.compile(rb"([\r\n])")
-
-
-def check_template(template: object) -> str:
-    """``template`` if it is a valid prefix template, else ValueError/TypeError.
-
-    >>> check_template("[${role_name}:${local_rank}] ")
-    '[${role_name}:${local_rank}] '
-    """
-    if not isinstance(template, str):
-        raise TypeError(
-            f"log_line_prefix_template must be str, not {template!r}; "
-            f"e.g. log_line_prefix_template={_EXAMPLE}"
-        )
-    for match in string.Template.pattern.finditer(template):
-        name = match.group("named") or match.group("braced")
-        if match.group("invalid") is not None or (name is not None and name not in FIELDS):
-            found = match.group(0)
-            raise ValueError(
-                f"invalid log_line_prefix_template {template!r}: {found!r} is not one of "
-                f"{', '.join('${' + f + '}' for f in FIELDS)} (write $$ for a dollar sign), "
-                f"e.g. log_line_prefix_template={_EXAMPLE}"
-            )
-    return template
 
 
 def expand(template: str, fields: Mapping[str, object]) -> bytes:

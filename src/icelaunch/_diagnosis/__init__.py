@@ -14,24 +14,33 @@ Data flow::
                                                   OOM counters -> LaunchTimeoutError, causes
 
 ``A`` is the attempt (restart count), ``L`` the local rank; the files live in
-the launch's run folder under the job folder ``icelaunch_<pid>_*`` in the
-temp directory, which is how ``icelaunch stacks`` finds running launches.
+the launch's run folder (``_rundir``), under the job folder ``icelaunch_<pid>_*``
+in the temp directory, which is how ``icelaunch stacks`` finds running launches.
+
+A leaf: it needs only ``_rundir`` below it. The engine turns what it finds into
+errors (``_engine/_report``); the command line shows it (``cli/_stacks``).
 """
 
 from __future__ import annotations
 
-from icelaunch._diagnosis._files import RUN_DIR_ENV
+from icelaunch._diagnosis._collect import ready_ranks, take
+from icelaunch._diagnosis._format import group, group_texts, stack_text
+from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import (
     STACK_SIGNAL,
     setup_worker,
-    setup_worker_from_env,
     without_bootstrap_frames,
 )
 
 __all__ = [
-    "RUN_DIR_ENV",
     "STACK_SIGNAL",
+    "Stopped",
+    "Watch",
+    "group",
+    "group_texts",
+    "ready_ranks",
     "setup_worker",
-    "setup_worker_from_env",
+    "stack_text",
+    "take",
     "without_bootstrap_frames",
 ]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from icelaunch._diagnosis import _files
+from icelaunch import _rundir
 from icelaunch._diagnosis._worker_side import STACK_SIGNAL
 
 TOTAL_BOUND_S = 1.0  # for all ranks together
@@ -19,7 +19,7 @@ _SETTLED_LONG_S = 0.25  # any other dump that did not grow for this long is take
 _OUTERMOST = re.compile(r'File ".*", line \d+ in (<module>|_run_module_as_main)\n$')
 _POLL_S = 0.01
 _MAX_FILE_BYTES = 1 << 20  # the launcher empties a rank's dump file past this size
-_READY = re.compile(r"^stacks-(\d+)-(\d+)\.pid$")
+_READY = re.compile(_rundir.READY_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ def ready_ranks(run_dir: str, attempt: int | None = None) -> dict[int, Rank]:
 
 def _read_ready(run_dir: str, attempt: int, local_rank: int) -> Rank | None:
     try:
-        with open(_files.ready_path(run_dir, attempt, local_rank)) as fh:
+        with open(_rundir.ready_path(run_dir, attempt, local_rank)) as fh:
             pid_text, start, rank_text = fh.read().split()
     except (OSError, ValueError):
         return None
-    if _files.start_time(int(pid_text)) != start:
+    if _rundir.start_time(int(pid_text)) != start:
         return None  # exited (its pid may belong to another process by now)
-    path = _files.stacks_path(run_dir, attempt, local_rank)
+    path = _rundir.stacks_path(run_dir, attempt, local_rank)
     return Rank(int(rank_text), local_rank, int(pid_text), path)
 
 

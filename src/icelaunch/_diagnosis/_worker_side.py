@@ -13,50 +13,38 @@ import os
 import signal
 from typing import IO
 
-from icelaunch._diagnosis import _files
+from icelaunch import _rundir
 from icelaunch._diagnosis._format import Frame, is_library
+from icelaunch._rundir import Identity
 
 STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _open_files: list[IO[str]] = []  # faulthandler writes to their descriptors until exit
 
 
-def setup_worker(run_dir: str, attempt: int, local_rank: int, rank: int) -> None:
+def setup_worker(run_dir: str, who: Identity) -> None:
     """Make this worker answer :data:`STACK_SIGNAL` and record native crashes.
 
     Args:
         run_dir: the launch attempt's run folder.
-        attempt: the restart count.
-        local_rank: this worker's local rank (names its files).
-        rank: its global rank (written for the launcher).
+        who: this worker (its attempt and local rank name its files; its rank is
+            written for the launcher).
     """
-    crash = open(_files.crash_path(run_dir, attempt, local_rank), "w")  # noqa: SIM115
+    attempt, local_rank = who.attempt, who.local_rank
+    crash = open(_rundir.crash_path(run_dir, attempt, local_rank), "w")  # noqa: SIM115
     faulthandler.enable(file=crash, all_threads=True)
     _open_files.append(crash)
     if STACK_SIGNAL is None:
         return
-    stacks = open(_files.stacks_path(run_dir, attempt, local_rank), "a")  # noqa: SIM115
+    stacks = open(_rundir.stacks_path(run_dir, attempt, local_rank), "a")  # noqa: SIM115
     # Ignored, not fatal, once faulthandler restores it at interpreter exit.
     signal.signal(STACK_SIGNAL, signal.SIG_IGN)
     faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True, chain=False)
     _open_files.append(stacks)
-    ready = _files.ready_path(run_dir, attempt, local_rank)
+    ready = _rundir.ready_path(run_dir, attempt, local_rank)
     with open(ready + ".tmp", "w") as fh:
-        fh.write(f"{os.getpid()} {_files.start_time(os.getpid())} {rank}\n")
+        fh.write(f"{os.getpid()} {_rundir.start_time(os.getpid())} {who.rank}\n")
     os.replace(ready + ".tmp", ready)
-
-
-def setup_worker_from_env() -> None:
-    """:func:`setup_worker` for a launched script, from its environment; nothing outside one."""
-    run_dir = os.environ.get(_files.RUN_DIR_ENV)
-    if not run_dir or "LOCAL_RANK" not in os.environ or not os.path.isdir(run_dir):
-        return
-    setup_worker(
-        run_dir,
-        int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-        int(os.environ["LOCAL_RANK"]),
-        int(os.environ.get("RANK", os.environ["LOCAL_RANK"])),
-    )
 
 
 def without_bootstrap_frames(exc: BaseException) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import select
 import signal
@@ -16,22 +14,15 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from icelaunch import _forkserver
-from icelaunch._diagnosis._watch import Watch
-from icelaunch._engine import _procs, _stop
+from icelaunch import _rundir, _torch_internals
+from icelaunch._diagnosis import Watch
+from icelaunch._engine import _forkserver, _procs, _stop
 
 logger = logging.getLogger(__name__)
 
 _STATUS_WAIT_S = 5.0  # the fork server reaps a worker, then sends its status
 _SETTLE_S = 0.5  # after a failure, before the others are stopped
-_USUAL_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
-
-
-@functools.cache
-def _shutdown_takes_timeout() -> bool:
-    """Whether torch's ``LocalElasticAgent._shutdown`` takes ``timeout`` (newer torch;
-    2.11 has ``death_sig`` only). The one torch version gate of the stop path."""
-    return "timeout" in inspect.signature(LocalElasticAgent._shutdown).parameters
+_USUAL_STOP_SIGNALS = _rundir.stop_signals()
 
 
 class DoneListener:
@@ -138,21 +129,21 @@ class Agent(LocalElasticAgent):
         self.finishing = False
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
-        self._listener.new_attempt(worker_group.spec.max_restarts - self._remaining_restarts)
+        self._listener.new_attempt(self.restarts_used_of(worker_group))
         self._died, self.exits, self.own_failures, self._values = {}, {}, {}, {}
         self._unlinked = False
         if self._watch is not None:
             self._watch.new_attempt()
-        if self._start_method == "forkserver":
+        if _torch_internals.start_method(self) == "forkserver":
             _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
-        with _procs.signals_deferred():  # none is started but unknown to the stop path
+        with _torch_internals.terminate_handler_deferred():  # none started but unknown to us
             started: dict[int, Any] = super()._start_workers(worker_group)
-            self._workers = _procs.workers_of(self._pcontext)
+            self._workers = _procs.workers_of(_torch_internals.process_context(self))
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         live = [w.pidfd for w in self._workers if w.local_rank not in self._died]
-        queues = _procs.return_queues(self._pcontext)
+        queues = _procs.return_queues(_torch_internals.process_context(self))
         values = [_procs.queue_fd(q) for r, q in queues.items() if r not in self._values]
         bound = self._poll_interval
         if self._watch is not None:
@@ -163,7 +154,7 @@ class Agent(LocalElasticAgent):
             self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
         self._listener.receive()  # a rank that returned, then exited, has reported by now
         if not self._unlinked and len(self._listener.up) == len(self._workers):
-            _procs.unlink_semaphores(self._pcontext)
+            _procs.unlink_semaphores(_torch_internals.process_context(self))
             self._unlinked = True
         failures = self._failures(worker_group, set(self.exits))
         if failures:
@@ -188,7 +179,7 @@ class Agent(LocalElasticAgent):
                 self._values[local_rank] = queue.get()
         if len(self._values) < len(self._workers):
             return RunResult(state=WorkerState.HEALTHY)
-        _procs.release_workers(self._pcontext)
+        _procs.release_workers(_torch_internals.process_context(self))
         self.finishing = True
         by_rank = {worker_group.workers[r].global_rank: v for r, v in self._values.items()}
         return RunResult(state=WorkerState.SUCCEEDED, return_values=by_rank)
@@ -238,7 +229,7 @@ class Agent(LocalElasticAgent):
                 local_rank=w.local_rank,
                 pid=w.pid,
                 exitcode=code,
-                error_file=_procs.error_file(self._pcontext, w.local_rank),
+                error_file=_procs.error_file(_torch_internals.process_context(self), w.local_rank),
             )
             failure.timestamp = died  # type: ignore[assignment]  # a float: finer order
             if self._reports_done and not returned and not isinstance(failure.message, dict):
@@ -279,22 +270,23 @@ class Agent(LocalElasticAgent):
         """
         if self._workers:
             self._note_exits()
-            self._take_stacks(self._worker_group)  # of the ranks about to be stopped
+            self._take_stacks(
+                _torch_internals.worker_group(self)
+            )  # of the ranks about to be stopped
             died_before = set(self._died)
             sent = _stop.stop_workers(
                 self._workers, self._first_signal(death_sig), mark=self._mark, settle_s=settle_s
             )
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
-            self.own_failures = self._failures(self._worker_group, died_before | on_own)
+            self.own_failures = self._failures(
+                _torch_internals.worker_group(self), died_before | on_own
+            )
             for w in self._workers:
                 w.close()
             self._workers = []
         # workers are gone: torch only closes its process context
-        if _shutdown_takes_timeout():
-            super()._shutdown(death_sig, timeout=0)
-        else:
-            super()._shutdown(death_sig)  # torch 2.11 and older (no wait left anyway)
+        _torch_internals.close_process_context(super()._shutdown, death_sig)
 
     def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
         """Global rank -> pid of the workers that have neither returned nor died."""
@@ -327,7 +319,7 @@ class Agent(LocalElasticAgent):
 
     def _announce_restart(self, worker_group: WorkerGroup) -> None:
         spec = worker_group.spec
-        k = spec.max_restarts - self._remaining_restarts
+        k = self.restarts_used_of(worker_group)
         for rank, failure in sorted(self._last_failures.items()):
             text = f"rank {rank} failed"
             if self._describe is not None:
@@ -337,7 +329,11 @@ class Agent(LocalElasticAgent):
     @property
     def restarts_used(self) -> int:
         """Restarts spent on failed attempts so far."""
-        return int(self._worker_group.spec.max_restarts - self._remaining_restarts)
+        return self.restarts_used_of(_torch_internals.worker_group(self))
+
+    def restarts_used_of(self, worker_group: WorkerGroup) -> int:
+        """Restarts spent so far, out of ``worker_group``'s ``max_restarts``."""
+        return int(worker_group.spec.max_restarts - _torch_internals.remaining_restarts(self))
 
     @property
     def watch(self) -> Watch | None:
@@ -352,5 +348,5 @@ class Agent(LocalElasticAgent):
     def _record_worker_events(self, result: RunResult) -> None:
         # torch builds one event per worker, each with a DNS look-up of this host
         # (tens of ms on return), for the default handler, which drops them
-        if self._worker_group.spec.event_log_handler != "null":
+        if _torch_internals.worker_group(self).spec.event_log_handler != "null":
             super()._record_worker_events(result)

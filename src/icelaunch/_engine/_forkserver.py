@@ -18,7 +18,9 @@ from multiprocessing import process, resource_tracker, util
 
 from icelaunch._spec import LaunchSpec
 
-PRELOAD = ["icelaunch._preload"]
+#: what the fork server imports once; ``icelaunch._launcher`` because jobs often carry
+#: the launcher object (named, not imported: the engine imports nothing above it)
+PRELOAD = ["icelaunch._engine._preload", "icelaunch._launcher"]
 
 
 def uses_fork_server(spec: LaunchSpec) -> bool:
@@ -73,7 +75,7 @@ def _sigint_blocked() -> Iterator[None]:
     the mask, so a Ctrl-C to the terminal's process group during its imports prints
     no traceback from it. Here a SIGINT is only delayed, not lost.
 
-    Workers unblock it at bootstrap (``_worker._tie_to_parent``).
+    Workers unblock it at bootstrap (``_worker._run._tie_to_parent``).
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

@@ -10,7 +10,7 @@ import signal
 import tempfile
 from collections.abc import Iterator
 
-_HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+from icelaunch import _rundir
 
 
 @contextlib.contextmanager
@@ -18,8 +18,8 @@ def restored_process_state() -> Iterator[None]:
     """Put back the caller's signal handlers and environment, whatever happens."""
     saved_env = dict(os.environ)
     handlers = {}
-    chosen = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "")  # torchrun's --signals-to-handle
-    for name in (*_HANDLED_SIGNALS, *(n.strip() for n in chosen.split(",") if n.strip())):
+    chosen = os.environ.get(_rundir.SIGNALS_ENV, "")  # torchrun's --signals-to-handle
+    for name in (*_rundir.STOP_SIGNALS, *(n.strip() for n in chosen.split(",") if n.strip())):
         sig = getattr(signal, name, None)
         if sig is not None:
             handlers[sig] = signal.getsignal(sig)
@@ -34,9 +34,6 @@ def restored_process_state() -> Iterator[None]:
             os.environ.update(saved_env)
 
 
-_TORCH_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
-
-
 def respect_ignored_signals() -> None:
     """Tell torch's agent not to handle a signal the caller ignores (``SIG_IGN``).
 
@@ -44,14 +41,14 @@ def respect_ignored_signals() -> None:
     its handler and stop the launch on a Ctrl-C meant for the foreground.
     Call inside :func:`restored_process_state`, which puts the environment back.
     """
-    if _TORCH_SIGNALS_ENV in os.environ:
+    if _rundir.SIGNALS_ENV in os.environ:
         return  # the user chose
     names = [
         name
-        for name in _HANDLED_SIGNALS
+        for name in _rundir.STOP_SIGNALS
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN
     ]
-    os.environ[_TORCH_SIGNALS_ENV] = ",".join(names)
+    os.environ[_rundir.SIGNALS_ENV] = ",".join(names)
 
 
 @contextlib.contextmanager
@@ -110,9 +107,6 @@ def torch_logs_without_tracebacks() -> Iterator[None]:
             lg.removeFilter(drop)
 
 
-_JOB_PREFIX = "icelaunch_"
-
-
 @contextlib.contextmanager
 def job_directory() -> Iterator[str]:
     """A private temp folder for one launch, removed afterwards.
@@ -121,7 +115,7 @@ def job_directory() -> Iterator[str]:
     that were killed (``kill -9``) before they could clean up.
     """
     _remove_orphaned_job_directories()
-    path = tempfile.mkdtemp(prefix=f"{_JOB_PREFIX}{os.getpid()}_")
+    path = tempfile.mkdtemp(prefix=f"{_rundir.JOB_PREFIX}{os.getpid()}_")
     try:
         yield path
     finally:
@@ -131,11 +125,11 @@ def job_directory() -> Iterator[str]:
 def _remove_orphaned_job_directories() -> None:
     folder = tempfile.gettempdir()
     for name in os.listdir(folder):
-        pid_text = name[len(_JOB_PREFIX) :].split("_", 1)[0]
-        if not name.startswith(_JOB_PREFIX) or not pid_text.isdigit():
+        pid = _rundir.job_folder_pid(name)
+        if pid is None:
             continue
         try:
-            os.kill(int(pid_text), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
         except PermissionError:

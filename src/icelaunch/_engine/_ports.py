@@ -6,18 +6,12 @@ import hashlib
 import random
 import socket
 
-from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
-from torch.distributed.elastic.rendezvous import registry as rdzv_registry
-
+from icelaunch._errors import PortBusyError
 from icelaunch._spec import LaunchSpec
 
 PORT_RANGE = (16894, 17194)
 ATTEMPTS = 8
 AGREED_RANGE = (29500, 30499)  # from torchrun's default 29500 on
-
-
-class PortBusyError(RuntimeError):
-    """The rendezvous port is held by another process."""
 
 
 def free_port(low: int = PORT_RANGE[0], high: int = PORT_RANGE[1]) -> int:
@@ -47,14 +41,6 @@ def agreed_port(spec: LaunchSpec) -> int | None:
     key = f"{spec.master_addr}/{spec.rdzv_id}/{spec.max_nodes}".encode()
     low, high = AGREED_RANGE
     return low + int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % (high - low + 1)
-
-
-def create_handler(params: RendezvousParameters, port: int) -> RendezvousHandler:
-    """The rendezvous handler for ``params``; a taken port raises :class:`PortBusyError`."""
-    try:
-        return rdzv_registry.get_rendezvous_handler(params)
-    except Exception as exc:
-        raise as_port_busy(exc, port) from exc
 
 
 def as_port_busy(exc: BaseException, port: int) -> BaseException:

@@ -12,7 +12,6 @@ import torch
 import torch.distributed
 import torch.distributed.elastic.multiprocessing.api  # noqa: F401  (torch's worker wrapper)
 
-import icelaunch._launcher  # jobs often carry the launcher object
 import icelaunch._worker  # noqa: F401
 from icelaunch._console import _early
 

@@ -1,15 +1,13 @@
 """The worker processes behind torch's process context, with their true exit statuses.
 
-torch keeps ``multiprocessing.Process`` objects for launched functions
-(``MultiprocessContext._pc.processes``) and ``subprocess.Popen`` objects for
-commands (``SubprocessContext.subprocess_handlers[r].proc``), and the return-value queues
-and the "values taken" event of ``MultiprocessContext``. Those objects are
-the only reliable source of an exit status: a worker forked by the fork server
-is not our child, and only its ``Process`` object hears the status the fork
-server sends through the sentinel pipe. These private attributes are read here
-and nowhere else; ``tests/test_stop.py`` fails loudly if torch renames them.
-So is torch's signal handler, which :func:`signals_deferred` holds back while
-workers start.
+torch keeps ``multiprocessing.Process`` objects for launched functions and
+``subprocess.Popen`` objects for commands, and the return-value queues and the
+"values taken" event of its multiprocessing context. Those objects are the only
+reliable source of an exit status: a worker forked by the fork server is not our
+child, and only its ``Process`` object hears the status the fork server sends
+through the sentinel pipe. torch's private attributes behind them are read
+through ``_torch_internals``; multiprocessing's (a queue's reader, a semaphore's
+name, its finalizers) here.
 """
 
 from __future__ import annotations
@@ -17,14 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import subprocess
-from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
-from types import FrameType
 from typing import Any
 
-import torch.distributed.elastic.multiprocessing.api as torch_mp_api
+from icelaunch import _torch_internals
 
 
 class WorkerProcess:
@@ -81,19 +76,12 @@ class WorkerProcess:
 
 def workers_of(pcontext: Any) -> list[WorkerProcess]:
     """The workers of torch's ``PContext`` (empty before it started any)."""
-    if pcontext is None:
-        return []
-    pc = getattr(pcontext, "_pc", None)  # MultiprocessContext
-    if pc is not None:
-        return [WorkerProcess(r, int(p.pid), p) for r, p in enumerate(pc.processes)]
-    handlers = getattr(pcontext, "subprocess_handlers", None) or {}  # SubprocessContext
-    return [WorkerProcess(r, int(h.proc.pid), h.proc) for r, h in sorted(handlers.items())]
+    return [WorkerProcess(r, pid, h) for r, pid, h in _torch_internals.worker_handles(pcontext)]
 
 
 def return_queues(pcontext: Any) -> dict[int, Any]:
-    """Local rank -> the queue on which torch's ``_wrap`` puts that worker's return
-    value (``MultiprocessContext._ret_vals``); empty for commands."""
-    return dict(getattr(pcontext, "_ret_vals", None) or {})
+    """Local rank -> the queue on which torch puts that worker's return value."""
+    return _torch_internals.return_queues(pcontext)
 
 
 def queue_fd(queue: Any) -> int:
@@ -105,7 +93,7 @@ def queue_fd(queue: Any) -> int:
 def release_workers(pcontext: Any) -> None:
     """Let the workers of ``pcontext`` end: torch's ``_wrap`` waits on this event after
     queuing its value. Set only once every value was taken, as torch does."""
-    pcontext._worker_finished_event.set()
+    _torch_internals.finished_event(pcontext).set()
 
 
 def unlink_semaphores(pcontext: Any) -> int:
@@ -133,7 +121,7 @@ def unlink_semaphores(pcontext: Any) -> int:
 
     for queue in return_queues(pcontext).values():
         walk(queue, 2)
-    walk(getattr(pcontext, "_worker_finished_event", None), 3)
+    walk(_torch_internals.finished_event(pcontext), 3)
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             synchronize.sem_unlink(name)  # type: ignore[attr-defined]
@@ -149,33 +137,4 @@ def unlink_semaphores(pcontext: Any) -> int:
 
 def error_file(pcontext: Any, local_rank: int) -> str:
     """The torch error file of ``local_rank`` (``""`` if torch gave none)."""
-    files = getattr(pcontext, "error_files", None) or {}
-    return str(files.get(local_rank, ""))
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back torch's stop-signal exception until the block (starting workers) ends.
-
-    torch installs its handler, which raises ``SignalException``, just before it
-    starts the workers; raised half-way, the workers already started would be
-    known to nobody. Inside the block a signal is only noted; torch's own handler
-    is back in place, and raises for a noted signal, when the block ends.
-    """
-    original = torch_mp_api._terminate_process_handler
-    noted: list[int] = []
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        noted.append(signum)
-
-    torch_mp_api._terminate_process_handler = note  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch_mp_api._terminate_process_handler = original
-        for sig in signal.valid_signals():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                if signal.getsignal(sig) is note:
-                    signal.signal(sig, original)
-    if noted:
-        original(noted[0], None)
+    return _torch_internals.error_file(pcontext, local_rank)

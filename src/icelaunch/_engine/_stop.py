@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from icelaunch._engine._procs import WorkerProcess
+from icelaunch._rundir import MARK_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +152,6 @@ class JobMark:
                 return f"{self.name}={self.value}".encode() in fh.read().split(b"\0")
         except OSError:
             return False
-
-
-MARK_ENV = "ICELAUNCH_JOB_MARK"
 
 
 def descendants(roots: set[int], mark: JobMark | None = None) -> set[int]:

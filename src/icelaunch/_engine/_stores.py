@@ -20,13 +20,15 @@ from typing import Any
 from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous import api as torch_rdzv
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
     create_handler as create_dynamic_handler,
 )
 from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import StaticTCPRendezvous
 
-from icelaunch import _ports
+from icelaunch import _torch_internals
+from icelaunch._engine import _ports
 from icelaunch._loopback import loopback_store
 
 STEP_S = 0.5  # longest uninterruptible wait
@@ -39,12 +41,15 @@ def create_handler(params: RendezvousParameters, port: int, standalone: bool) ->
     try:
         if standalone:
             return _standalone_handler(params)
-        handler = _ports.create_handler(params, port)
+        handler = rdzv_registry.get_rendezvous_handler(params)
         if isinstance(handler, StaticTCPRendezvous):
             return _InterruptibleStatic.of(handler)
         return handler
-    except OSError as exc:
-        raise _ports.as_port_busy(exc, port) from exc
+    except Exception as exc:
+        busy = _ports.as_port_busy(exc, port)
+        if busy is exc:
+            raise
+        raise busy from exc
 
 
 def _standalone_handler(params: RendezvousParameters) -> RendezvousHandler:
@@ -65,10 +70,11 @@ class _InterruptibleStatic(StaticTCPRendezvous):
         return cls(h.master_addr, h.master_port, h.rank, h.world_size, h.run_id, seconds)
 
     def next_rendezvous(self) -> Any:
-        if self._store is None:  # the first round; restarts reuse the store, as torch does
+        if _torch_internals.static_store(self) is None:  # restarts reuse it, as torch does
             deadline = time.monotonic() + self.timeout.total_seconds()
-            self._store = self._make_store(deadline)
-            _wait_for_nodes(PrefixStore(self.run_id, self._store), self.world_size, deadline)
+            store = self._make_store(deadline)
+            _torch_internals.set_static_store(self, store)
+            _wait_for_nodes(PrefixStore(self.run_id, store), self.world_size, deadline)
         return super().next_rendezvous()
 
     def _make_store(self, deadline: float) -> TCPStore:

@@ -33,8 +33,9 @@ import pickle
 import sys
 from typing import Any
 
-from icelaunch._diagnosis._code import CodePickler
-from icelaunch._shared_move import move_to_memfd
+from icelaunch import _torch_internals
+from icelaunch._transfer._pickler import CodePickler
+from icelaunch._transfer._shared_move import move_to_memfd
 
 MIN_SHARED_BYTES = 1 << 20
 _ALIGN = 64
@@ -247,8 +248,7 @@ def _share_fd(storage: Any) -> tuple[int, int]:
     descriptor and size. The descriptor is the storage's own: it stays open while
     the storage lives. A storage shared already keeps its memory."""
     if storage.is_shared():
-        fd, nbytes = storage._share_fd_cpu_()
-        return int(fd), int(nbytes)
+        return _torch_internals.share_fd(storage)
     return move_to_memfd(storage)
 
 

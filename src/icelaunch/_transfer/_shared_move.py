@@ -21,6 +21,8 @@ import mmap
 import os
 from typing import Any
 
+from icelaunch import _torch_internals
+
 CHUNK_BYTES = 16 << 20
 _MADV_DONTNEED = 4
 
@@ -32,26 +34,21 @@ def move_to_memfd(storage: Any) -> tuple[int, int]:
 
     Falls back to ``_share_fd_cpu_()`` where torch lacks ``_swap_data_ptr_``.
     """
-    kind = type(storage)
-    if not (hasattr(kind, "_swap_data_ptr_") and hasattr(kind, "_new_shared_fd_cpu")):
-        fd, nbytes = storage._share_fd_cpu_()
-        return int(fd), int(nbytes)
+    if not _torch_internals.can_swap(type(storage)):
+        return _torch_internals.share_fd(storage)
     nbytes = int(storage.nbytes())
     address = int(storage.data_ptr())
     fd = os.memfd_create("icelaunch-shared", os.MFD_CLOEXEC)
     try:
         given_back = _write_releasing(fd, address, nbytes, release=_owns_its_memory(storage))
         try:
-            shared = kind._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
-            storage._swap_data_ptr_(shared)
+            _torch_internals.swap_to_shared(storage, fd, nbytes)  # frees the old memory
         except BaseException:
             _restore(fd, address, given_back)  # the storage stays where it was
             raise
     finally:
         os.close(fd)
-    del shared  # holds the old memory now: freed here
-    fd, size = storage._share_fd_cpu_()  # the mapping's own descriptor, no copy
-    return int(fd), int(size)
+    return _torch_internals.share_fd(storage)  # the mapping's own descriptor, no copy
 
 
 def _owns_its_memory(storage: Any) -> bool:

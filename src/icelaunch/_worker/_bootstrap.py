@@ -1,16 +1,26 @@
 """Worker-side set-up that every worker runs first: launched functions and scripts alike.
 
-``_worker.run`` (functions) and ``_script`` (scripts run by the ``icelaunch``
-command) call :func:`bootstrap_common` before any user code. A capability that
-needs a few lines inside every worker adds one call here.
+``_run.run`` (functions) and ``_script`` (scripts run by the ``icelaunch``
+command) read the worker's identity once and call :func:`bootstrap_common`
+before any user code. A capability that needs a few lines inside every worker
+adds one call here.
 """
 
 from __future__ import annotations
 
+import os
+
 from icelaunch import _console, _diagnosis
+from icelaunch._rundir import Identity
 
 
-def bootstrap_common() -> None:
-    """Prepare this worker process; safe to call once per process, before user code."""
-    _console.attach()  # fds 1 and 2 become this rank's relayed stdout and stderr
-    _diagnosis.setup_worker_from_env()  # stacks on request, Python stack at native crashes
+def bootstrap_common(who: Identity | None, run_dir: str | None) -> None:
+    """Prepare this worker process; once per process, before user code.
+
+    Args:
+        who: this worker's identity (None outside a launch: nothing to attach to).
+        run_dir: the launch attempt's run folder (None: no stacks on request).
+    """
+    _console.attach(who)  # fds 1 and 2 become this rank's relayed stdout and stderr
+    if who is not None and run_dir and os.path.isdir(run_dir):
+        _diagnosis.setup_worker(run_dir, who)  # stacks on request, Python stack at crashes

@@ -1,12 +1,16 @@
-"""Code that runs inside each worker: context, bootstrap, failure report, done signal."""
+"""The run of one launched function inside its worker: bootstrap, group, report, value.
+
+``run`` is torch's entrypoint for function launches: it takes the job, ties the
+process to the launcher, bootstraps it, joins the process group, calls the
+function and hands its value to torch's return queue, or writes a failure
+report (``_rundir.report_path``) for the launcher to read.
+"""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import dataclasses
-import datetime
 import os
 import pickle
 import select
@@ -16,131 +20,24 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import util
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from icelaunch import _diagnosis, _transfer, _user_group
-from icelaunch._bootstrap import bootstrap_common
-from icelaunch._errors import NotInWorkerError
+from icelaunch import _diagnosis, _rundir, _transfer
+from icelaunch._rundir import Identity
 from icelaunch._spec import LaunchSpec
-
-if TYPE_CHECKING:
-    import torch
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What a worker knows about itself; rebuilt from its environment and the spec.
-
-    Pure data (the device is kept as its name, so the object pickles and builds
-    without torch); ``assigned_device`` gives it as a ``torch.device``, as
-    ``launcher.assigned_device`` does.
-    """
-
-    rank: int
-    local_rank: int
-    world_size: int
-    local_world_size: int
-    group_rank: int
-    group_world_size: int
-    role_rank: int
-    role_name: str
-    role_world_size: int
-    master_addr: str
-    master_port: int
-    restart_count: int
-    max_restarts: int
-    rdzv_id: str
-    device_name: str
-    dist_backend: str
-    collective_timeout: float | None = None
-
-    @property
-    def assigned_device(self) -> torch.device:
-        """This worker's device, e.g. ``torch.device('cuda:1')`` (``device_name`` as a string)."""
-        import torch
-
-        return torch.device(self.device_name)
-
-    @classmethod
-    def from_env(cls, spec: LaunchSpec, env: Mapping[str, str]) -> WorkerContext:
-        """Read the variables torch's elastic agent gives every worker."""
-        local_rank = int(env["LOCAL_RANK"])
-        return cls(
-            rank=int(env["RANK"]),
-            local_rank=local_rank,
-            world_size=int(env["WORLD_SIZE"]),
-            local_world_size=int(env["LOCAL_WORLD_SIZE"]),
-            group_rank=int(env["GROUP_RANK"]),
-            group_world_size=int(env["GROUP_WORLD_SIZE"]),
-            role_rank=int(env["ROLE_RANK"]),
-            role_name=env["ROLE_NAME"],
-            role_world_size=int(env["ROLE_WORLD_SIZE"]),
-            master_addr=env["MASTER_ADDR"],
-            master_port=int(env["MASTER_PORT"]),
-            restart_count=int(env["TORCHELASTIC_RESTART_COUNT"]),
-            max_restarts=int(env["TORCHELASTIC_MAX_RESTARTS"]),
-            rdzv_id=env["TORCHELASTIC_RUN_ID"],
-            device_name=spec.devices[local_rank],
-            dist_backend=spec.dist_backend,
-            collective_timeout=spec.collective_timeout,
-        )
-
+from icelaunch._worker import _user_group
+from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch._worker._context import (
+    WorkerContext,
+    destroy_process_group,
+    join_process_group,
+    set_current,
+)
 
 _PR_SET_PDEATHSIG = 1
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
-SPEC_ENV = "ICELAUNCH_SPEC"  # set for launched scripts by _engine.launch_command
-_current: WorkerContext | None = None
-
-
-def current() -> WorkerContext:
-    """The context of the worker this code runs in (a launched function or script).
-
-    Raises:
-        NotInWorkerError: called outside a worker process.
-    """
-    global _current
-    if _current is None and SPEC_ENV in os.environ and "LOCAL_RANK" in os.environ:
-        from icelaunch._spec import spec_from_json
-
-        _current = WorkerContext.from_env(spec_from_json(os.environ[SPEC_ENV]), os.environ)
-    if _current is None:
-        raise NotInWorkerError(
-            "this property exists only inside a worker process started by icelaunch: "
-            "read it in the function you launch, e.g. `def worker(launcher): launcher.rank`, "
-            "or in a script run by the `icelaunch` command, e.g. `icelaunch.current().rank`"
-        )
-    return _current
-
-
-def init_process_group() -> WorkerContext:
-    """Join the job's default process group as a launched function does; return the context.
-
-    For scripts run by the ``icelaunch`` command: selects this worker's CUDA
-    device (if it has one) and initialises ``torch.distributed`` with the job's
-    backend, rank, world size and store. The group is destroyed when the
-    process exits. Does nothing if a default group exists already (a launched
-    function has one).
-
-    Raises:
-        NotInWorkerError: called outside a worker process.
-    """
-    import torch.distributed as dist
-
-    ctx = current()
-    if not dist.is_initialized():
-        _init_process_group(ctx)
-        atexit.register(_destroy_process_group)
-    return ctx
-
-
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -157,11 +54,6 @@ class Job:
     env: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
 
-def report_path(report_dir: str, restart_count: int, local_rank: int) -> str:
-    """Where a worker writes its failure report for one attempt."""
-    return os.path.join(report_dir, f"failure-{restart_count}-{local_rank}.pkl")
-
-
 def run(payload: bytes | Job, mark: object = None) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function.
 
@@ -169,21 +61,22 @@ def run(payload: bytes | Job, mark: object = None) -> Any:
     ``mark`` told the fork server's new process that it is ours
     (``_console.WorkerMark``).
     """
-    global _current
     job: Job = (
         payload if isinstance(payload, Job) else _transfer.receive(payload)
     )  # fork: inherited
-    _notify(job.notify_path, "up")  # this process opened torch's queues: names not needed
+    who = Identity.from_env(os.environ)  # torch's variables for this rank; read once
+    if who is None:
+        raise RuntimeError("icelaunch's worker entrypoint runs only in a worker torch started")
+    _notify(job.notify_path, who, "up")  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
-    os.environ[_diagnosis.RUN_DIR_ENV] = job.report_dir  # for bootstrap_common
-    bootstrap_common()
-    ctx = WorkerContext.from_env(job.spec, os.environ)
-    _current = ctx
+    bootstrap_common(who, job.report_dir)
+    ctx = WorkerContext.from_env(job.spec, os.environ, who)
+    set_current(ctx)
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
     _flush_streams()  # the launcher shows everything written before the value arrives
-    _notify_done(job.notify_path, ctx)
+    _notify(job.notify_path, who)
     return result  # torch queues it; the process group is destroyed as the process ends
 
 
@@ -229,7 +122,7 @@ def _tie_to_parent(job: Job) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held by a forking launcher
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _rundir.stop_signals())  # held by a forking launcher
     with contextlib.suppress(OSError):  # already a session leader
         os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
     if sys.platform.startswith("linux"):
@@ -308,10 +201,10 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
     process ends (a multiprocessing finalizer, after the launcher took every
     rank's value), so that teardown costs the launch call nothing.
     """
-    util.Finalize(None, _destroy_process_group, exitpriority=0)
+    util.Finalize(None, destroy_process_group, exitpriority=0)
     with _reported(job, ctx):
         if job.spec.process_group:
-            _init_process_group(ctx)
+            join_process_group(ctx)
         else:
             _user_group.prefix_env_rendezvous(ctx.restart_count)
         _mark_started(job, ctx)
@@ -320,61 +213,9 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
     return None  # the function called sys.exit(0)
 
 
-def started_path(report_dir: str, restart_count: int, local_rank: int) -> str:
-    """The file whose existence says a worker's group was up and its function began."""
-    return os.path.join(report_dir, f"started-{restart_count}-{local_rank}")
-
-
 def _mark_started(job: Job, ctx: WorkerContext) -> None:
-    with open(started_path(job.report_dir, ctx.restart_count, ctx.local_rank), "w"):
+    with open(_rundir.started_path(job.report_dir, ctx.restart_count, ctx.local_rank), "w"):
         pass
-
-
-def _init_process_group(ctx: WorkerContext) -> None:
-    """Select the worker's device and join the job's default process group."""
-    import torch
-    import torch.distributed as dist
-
-    device = ctx.assigned_device
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    options: dict[str, Any] = {"device_id": device} if ctx.dist_backend == "nccl" else {}
-    if ctx.collective_timeout is not None:
-        options["timeout"] = datetime.timedelta(seconds=ctx.collective_timeout)
-    dist.init_process_group(
-        backend=ctx.dist_backend,
-        store=_attempt_store(ctx),
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        **options,
-    )
-
-
-def _attempt_store(ctx: WorkerContext) -> Any:
-    """The job's store, under a prefix of its own for each restart.
-
-    torch's ``env://`` shares keys across restarts of a static rendezvous, so a
-    restarted group would read the previous attempt's (dead) peer addresses.
-    """
-    from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
-
-    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
-        from icelaunch._loopback import worker_store
-
-        store = worker_store(ctx.rank, ctx.master_port, ctx.world_size)
-    else:
-        store = TCPStore(
-            ctx.master_addr,
-            ctx.master_port,
-            world_size=ctx.world_size,
-            is_master=not agent_hosts and ctx.rank == 0,
-            wait_for_workers=False,
-        )
-    # A store hosted by worker rank 0 is new for each rendezvous round (c10d, etcd-v2)
-    # and nodes may count restarts differently (a newcomer has 0): no attempt prefix.
-    attempt = f"/attempt_{ctx.restart_count}" if agent_hosts else ""
-    return PrefixStore(f"icelaunch/{ctx.rdzv_id}{attempt}", store)
 
 
 def _sendable(fn: Callable[..., Any], ctx: WorkerContext, value: Any) -> Any:
@@ -410,7 +251,7 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
         "exception": pickled,
         "time": time.time(),
     }
-    path = report_path(job.report_dir, ctx.restart_count, ctx.local_rank)
+    path = _rundir.report_path(job.report_dir, ctx.restart_count, ctx.local_rank)
     try:
         with open(path + ".tmp", "wb") as fh:
             pickle.dump(report, fh)
@@ -419,17 +260,14 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
         pass  # the parent falls back to torch's error file and exit code
 
 
-def _notify_done(path: str, ctx: WorkerContext) -> None:
-    """Tell the agent this rank returned, so it need not wait for its next poll."""
-    _notify(path)
+def _notify(path: str, who: Identity, what: str = "") -> None:
+    """One datagram to the agent: ``<attempt> <local rank> [what]`` (none: returned).
 
-
-def _notify(path: str, what: str = "") -> None:
-    """One datagram to the agent: ``<attempt> <local rank> [what]`` (none: returned)."""
-    env = os.environ
-    message = f"{env.get('TORCHELASTIC_RESTART_COUNT', '0')} {env.get('LOCAL_RANK', '0')} {what}"
+    The agent still sees a result at its next poll if this fails.
+    """
+    message = f"{who.attempt} {who.local_rank} {what}"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(message.strip().encode(), path)
     except OSError:
-        pass  # the agent still sees the result at its next poll
+        pass

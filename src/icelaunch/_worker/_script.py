@@ -1,6 +1,6 @@
-"""``python -m icelaunch._script COMMAND...``: what the ``icelaunch`` command's workers run.
+"""``python -m icelaunch._worker._script COMMAND...``: what the ``icelaunch`` command's workers run.
 
-It runs the worker-side set-up (:func:`icelaunch._bootstrap.bootstrap_common`)
+It runs the worker-side set-up (:func:`icelaunch._worker._bootstrap.bootstrap_common`)
 and then the original command in this same process, so the worker's pid is the
 one torch started: ``python -u script.py args`` and ``python -u -m mod args``
 run in-process as Python would run them (``sys.argv``, ``sys.path[0]``,
@@ -10,6 +10,7 @@ interpreter) replaces this process with ``os.execvp``.
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import sys
@@ -17,7 +18,8 @@ import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from icelaunch._bootstrap import bootstrap_common
+from icelaunch import _rundir
+from icelaunch._worker._bootstrap import bootstrap_common
 
 _OWN_FILE = os.path.abspath(__file__)
 _UNBUFFERED = "-u"
@@ -44,7 +46,7 @@ def plan(command: Sequence[str]) -> Plan:
     Plan(kind='exec', target='./run.sh', args=('x',))
     """
     if not command:
-        raise ValueError("no command given: python -m icelaunch._script COMMAND [ARGS...]")
+        raise ValueError("no command given: python -m icelaunch._worker._script COMMAND [ARGS...]")
     rest = list(command[1:])
     if _same_python(command[0]):
         while rest and rest[0] == _UNBUFFERED:
@@ -64,9 +66,18 @@ def _same_python(program: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Set up this worker, then run the command as Python (or exec) would."""
-    how = plan(sys.argv[1:] if argv is None else argv)
-    bootstrap_common()
+    """Set up this worker, then run the command as Python (or exec) would.
+
+    ``--env-file FILE`` first: the variables the launcher gives this launch's
+    workers (the spec, the console, the run folder, ...), set before anything runs.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [_rundir.ENV_FILE_FLAG] and len(args) >= 2:
+        _take_environment(args[1])
+        args = args[2:]
+    how = plan(args)
+    run_dir = os.environ.get(_rundir.RUN_DIR_ENV)
+    bootstrap_common(_rundir.Identity.from_env(os.environ), run_dir)
     if how.kind == "exec":
         sys.stdout.flush()
         sys.stderr.flush()
@@ -83,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             del sys.path[0]
         run = lambda: runpy.run_path(how.target, run_name="__main__")  # noqa: E731
     _run_without_our_frames(run)
+
+
+def _take_environment(path: str) -> None:
+    """Set the launcher's variables for this worker; ``OMP_NUM_THREADS`` only if unset."""
+    with open(path) as fh:
+        env: dict[str, str] = json.load(fh)
+    threads = env.pop("OMP_NUM_THREADS", None)
+    os.environ.update(env)
+    if threads is not None:
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
 
 
 def _is_zip(path: str) -> bool:

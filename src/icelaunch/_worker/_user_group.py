@@ -6,8 +6,8 @@ and torch's ``env://`` handler adds no per-attempt prefix, so after a restart a
 fast rank could read a dead peer's address from the previous attempt and fail to
 connect. The worker's ``env://`` handler is wrapped to add that prefix.
 
-This reaches into torch's private handler registry (``_rendezvous_handlers``):
-``tests/test_torchrun_compat.py`` fails loudly if torch changes it.
+This reaches into torch's private handler registry (``_rendezvous_handlers``),
+through ``_torch_internals``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from icelaunch import _torch_internals
 
 _ENV = "env"
 
@@ -24,18 +26,8 @@ def prefix_env_rendezvous(restart_count: int) -> None:
     of its own attempt; nothing to do on the first attempt or without the agent's store."""
     if restart_count == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return
-    handlers = env_handlers()
+    handlers = _torch_internals.env_handlers()
     handlers[_ENV] = _prefixed(handlers[_ENV], f"/icelaunch/attempt_{restart_count}")
-
-
-def env_handlers() -> dict[str, Callable[..., Iterator[Any]]]:
-    """torch's registry of ``init_method`` handlers (the module, not the function
-    ``torch.distributed.rendezvous`` that shadows its name)."""
-    import importlib
-
-    module = importlib.import_module("torch.distributed.rendezvous")
-    handlers: dict[str, Callable[..., Iterator[Any]]] = module._rendezvous_handlers
-    return handlers
 
 
 def _prefixed(handler: Callable[..., Iterator[Any]], prefix: str) -> Callable[..., Iterator[Any]]:

@@ -1,4 +1,4 @@
-"""The ``icelaunch`` command: run a script or module in every worker, torchrun-style.
+"""The ``icelaunch`` command's parser: options, the torchrun dialect, validation.
 
 Its options are the parameters of ``ElasticLauncher.__freeze__`` (names,
 defaults and types are read from the signature), and its values are validated
@@ -9,26 +9,22 @@ source of truth. ``--help`` does not import torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
-import json
 import os
 import re
 import shutil
 import sys
 import typing
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from icelaunch import __version__, _torchrun
+from icelaunch import __version__
 from icelaunch._launcher import ElasticLauncher
 from icelaunch._spec import LaunchSpec
+from icelaunch.cli import _torchrun
 
 PROG = "icelaunch"
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-EXIT_TIMEOUT = 124  # --timeout or --hang-timeout stopped the launch, as timeout(1) reports
 
 HELP = {
     "devices": "devices of this node, one worker each (grammar below)",
@@ -141,35 +137,6 @@ class Invocation:
     command: tuple[str, ...]
     dry_run: bool = False
     signals_to_handle: str | None = None  # torchrun's --signals-to-handle
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``icelaunch`` command; return its exit status."""
-    try:
-        return _main(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _main(argv: list[str]) -> int:
-    if argv[:1] == ["stacks"]:  # a script file named stacks runs as `icelaunch ./stacks`
-        from icelaunch._diagnosis._cli import stacks_command
-
-        return stacks_command(argv[1:])
-    parser = build_parser()
-    try:
-        invocation = parse(parser, argv)
-    except SystemExit as exc:  # argparse: --help, --version or a usage error, already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except (ValueError, TypeError) as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if invocation.dry_run:
-        print(json.dumps({"spec": asdict(invocation.spec), "command": invocation.command}))
-        return 0
-    return run(invocation)
 
 
 def _freeze_parameters() -> list[inspect.Parameter]:
@@ -408,54 +375,3 @@ def _command(given: dict[str, Any]) -> tuple[str, ...]:
     if not os.path.isfile(script):
         raise ValueError(f"script {script!r} not found (for a module, use -m {script})")
     return (sys.executable, "-u", script, *args)
-
-
-def run(invocation: Invocation) -> int:
-    """Launch the command in every worker of this node; return the exit status."""
-    from icelaunch import _engine
-    from icelaunch._errors import LaunchInterruptedError
-    from icelaunch._failures import WorkerFailedError
-    from icelaunch._ports import PortBusyError
-
-    try:
-        with _signals_handled(invocation.signals_to_handle):
-            _engine.launch_command(invocation.spec, list(invocation.command))
-    except WorkerFailedError as err:
-        print(err, file=sys.stderr)
-        return EXIT_TIMEOUT if isinstance(err, TimeoutError) else exit_status(err.first.exitcode)
-    except LaunchInterruptedError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 128 + err.signal
-    except PortBusyError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except ValueError as err:  # e.g. a log_dir that cannot be created
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
-
-
-@contextlib.contextmanager
-def _signals_handled(signals: str | None) -> Iterator[None]:
-    """Have torch's agent stop the workers on ``signals``, as torchrun does (its variable)."""
-    saved = os.environ.get(_torchrun.SIGNALS_ENV)
-    if signals is not None:
-        os.environ[_torchrun.SIGNALS_ENV] = signals
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(_torchrun.SIGNALS_ENV, None)
-        else:
-            os.environ[_torchrun.SIGNALS_ENV] = saved
-
-
-def exit_status(exitcode: int) -> int:
-    """A worker's exit code as the command's status: 128+N for signal N, never 0.
-
-    >>> exit_status(3), exit_status(-9), exit_status(0)
-    (3, 137, 1)
-    """
-    if exitcode < 0:
-        return 128 - exitcode
-    return exitcode or 1

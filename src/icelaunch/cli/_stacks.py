@@ -12,9 +12,8 @@ import os
 import sys
 import tempfile
 
-from icelaunch._diagnosis import _collect, _format
+from icelaunch import _diagnosis, _rundir
 
-_JOB_PREFIX = "icelaunch_"
 USAGE = "icelaunch stacks [PID]"
 DESCRIPTION = """\
 Print the Python stacks (all threads) of the workers of a running launch,
@@ -57,14 +56,12 @@ def find_launches(pid: int | None = None) -> list[tuple[int, str]]:
     except OSError:
         return []
     for name in names:
-        pid_text = name[len(_JOB_PREFIX) :].split("_", 1)[0]
-        if not name.startswith(_JOB_PREFIX) or not pid_text.isdigit():
-            continue
-        if pid is not None and int(pid_text) != pid:
+        owner = _rundir.job_folder_pid(name)
+        if owner is None or (pid is not None and owner != pid):
             continue
         path = os.path.join(folder, name)
-        if os.access(path, os.R_OK | os.X_OK) and _alive(int(pid_text)):
-            found.append((int(pid_text), path))
+        if os.access(path, os.R_OK | os.X_OK) and _alive(owner):
+            found.append((owner, path))
     return sorted(found)
 
 
@@ -81,21 +78,12 @@ def _alive(pid: int) -> bool:
 def report(pid: int, job_dir: str) -> str:
     """The grouped stacks of the newest attempt of one launch, under a heading."""
     heading = f"launch {pid} ({_command_line(pid)})"
-    for run_dir in _run_dirs(job_dir):
-        ranks = _collect.ready_ranks(run_dir)
+    for run_dir in _rundir.run_folders(job_dir):
+        ranks = _diagnosis.ready_ranks(run_dir)
         if ranks:
-            dumps = _collect.take(run_dir, owner=False)
-            return f"{heading}, {len(ranks)} rank(s):\n{_format.group(dumps, sorted(ranks))}"
+            dumps = _diagnosis.take(run_dir, owner=False)
+            return f"{heading}, {len(ranks)} rank(s):\n{_diagnosis.group(dumps, sorted(ranks))}"
     return f"{heading}: no rank is running Python code of its own yet"
-
-
-def _run_dirs(job_dir: str) -> list[str]:
-    """The launch's run folders, newest first."""
-    try:
-        names = [n for n in os.listdir(job_dir) if n.isdigit()]
-    except OSError:
-        return []
-    return [os.path.join(job_dir, n) for n in sorted(names, key=int, reverse=True)]
 
 
 def _command_line(pid: int) -> str:

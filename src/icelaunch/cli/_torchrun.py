@@ -83,7 +83,6 @@ REFUSED = {
         "icelaunch.current().assigned_device (or torch.cuda.set_device(LOCAL_RANK))",
     ),
 }
-SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"  # torch's agent reads it (torchrun sets it)
 
 
 def env_name(torchrun_dest: str) -> str:

@@ -1,0 +1,197 @@
+"""Both ends of every launcher <-> worker protocol: files, sockets, variables, signals.
+
+The launcher writes these names and its workers read them (or the other way
+round); each is spelled here once and imported by both ends. A worker reads
+its identity from the environment once (:func:`Identity.from_env`, in its
+bootstrap) and passes it on.
+
+A launch's files::
+
+    <tempdir>/icelaunch_<launcher pid>_<random>/     job folder (JOB_PREFIX; found by
+    |                                                 `icelaunch stacks`, swept when
+    |                                                 its launcher is gone)
+    +-- <n>/                                         run folder of port attempt n
+        +-- failure-A-L.pkl                          rank's exception report (worker)
+        +-- started-A-L                              its function began (worker)
+        +-- stacks-A-L.txt / stacks-A-L.pid          stack dumps / "pid start rank"
+        +-- crash-A-L.txt                            faulthandler at a native crash
+        +-- logs/                                    log files without a log_dir
+        +-- worker-env.json                          what a script's worker adds to its
+                                                     environment (the command door)
+
+``A`` is the attempt (restart count), ``L`` the local rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Environment variables the launcher sets and its workers read.
+SPEC_ENV = "ICELAUNCH_SPEC"  # the LaunchSpec as JSON, for launched scripts
+RUN_DIR_ENV = "ICELAUNCH_RUN_DIR"  # the run folder, for launched scripts
+CONSOLE_ENV = "ICELAUNCH_CONSOLE"  # the console relay's abstract socket
+MARK_ENV = "ICELAUNCH_JOB_MARK"  # inherited by every process of one launch
+SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"  # torch's agent reads it (torchrun sets it)
+
+#: the signals that stop a launch (torch's agent handles them; workers get SIGTERM)
+STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+#: the console prefix of every line, unless log_line_prefix_template says otherwise
+PREFIX_TEMPLATE = "[rank${rank}]: "
+#: what a worker tells the console relay when it attaches: the prefix's fields
+PREFIX_FIELDS = ("rank", "local_rank", "role_name", "group_rank", "node_rank", "hostname")
+_PREFIX_EXAMPLE = "'[${role_name}${rank}]: '"
+#: job folders are named ``<JOB_PREFIX><launcher pid>_<random>`` in the temp directory
+JOB_PREFIX = "icelaunch_"
+LOGS_DIR = "logs"
+
+
+def stop_signals() -> frozenset[signal.Signals]:
+    """:data:`STOP_SIGNALS` as signal numbers (those this platform has)."""
+    return frozenset(getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name))
+
+
+def check_template(template: object) -> str:
+    """``template`` if it is a valid prefix template, else ValueError/TypeError.
+
+    >>> check_template("[${role_name}:${local_rank}] ")
+    '[${role_name}:${local_rank}] '
+    """
+    if not isinstance(template, str):
+        raise TypeError(
+            f"log_line_prefix_template must be str, not {template!r}; "
+            f"e.g. log_line_prefix_template={_PREFIX_EXAMPLE}"
+        )
+    for match in string.Template.pattern.finditer(template):
+        name = match.group("named") or match.group("braced")
+        if match.group("invalid") is not None or (name is not None and name not in PREFIX_FIELDS):
+            found = match.group(0)
+            raise ValueError(
+                f"invalid log_line_prefix_template {template!r}: {found!r} is not one of "
+                f"{', '.join('${' + f + '}' for f in PREFIX_FIELDS)} (write $$ for a dollar sign), "
+                f"e.g. log_line_prefix_template={_PREFIX_EXAMPLE}"
+            )
+    return template
+
+
+def job_folder_pid(name: str) -> int | None:
+    """The launcher pid in a job folder's name, None if ``name`` is no job folder.
+
+    >>> job_folder_pid("icelaunch_4242_ab12cd"), job_folder_pid("other_1")
+    (4242, None)
+    """
+    if not name.startswith(JOB_PREFIX):
+        return None
+    pid_text = name[len(JOB_PREFIX) :].split("_", 1)[0]
+    return int(pid_text) if pid_text.isdigit() else None
+
+
+def run_folders(job_dir: str) -> list[str]:
+    """The run folders of a job folder, newest first."""
+    try:
+        names = [n for n in os.listdir(job_dir) if n.isdigit()]
+    except OSError:
+        return []
+    return [os.path.join(job_dir, n) for n in sorted(names, key=int, reverse=True)]
+
+
+def done_address(run_dir: str) -> str:
+    """The abstract Unix socket on which workers of ``run_dir`` report "up" and "returned".
+
+    Abstract (Linux): no file, so the length of TMPDIR does not matter.
+    """
+    return "\0icelaunch-" + hashlib.sha256(run_dir.encode()).hexdigest()[:32]
+
+
+#: ``python -m icelaunch._worker._script --env-file FILE COMMAND...``
+SCRIPT_MODULE = "icelaunch._worker._script"
+ENV_FILE_FLAG = "--env-file"
+
+
+def script_env_path(run_dir: str) -> str:
+    """The JSON object of variables a script's worker sets before the script runs."""
+    return os.path.join(run_dir, "worker-env.json")
+
+
+def report_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """Where a worker writes its failure report for one attempt."""
+    return os.path.join(run_dir, f"failure-{attempt}-{local_rank}.pkl")
+
+
+REPORT_PREFIX = "failure-"
+REPORT_SUFFIX = ".pkl"
+
+
+def started_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file whose existence says a worker's group was up and its function began."""
+    return os.path.join(run_dir, f"started-{attempt}-{local_rank}")
+
+
+def started_prefix(attempt: int) -> str:
+    """The name prefix of the started files of ``attempt``."""
+    return f"started-{attempt}-"
+
+
+def stacks_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file a rank appends its stack dumps to."""
+    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.txt")
+
+
+def ready_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file whose existence says the rank answers the stack signal: ``pid start rank``."""
+    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.pid")
+
+
+#: matches a ready file's name; groups: attempt, local rank
+READY_PATTERN = r"^stacks-(\d+)-(\d+)\.pid$"
+
+
+def crash_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file faulthandler writes to when the rank crashes in native code."""
+    return os.path.join(run_dir, f"crash-{attempt}-{local_rank}.txt")
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), None if gone or a zombie.
+
+    With the pid it names one process for good: a pid reused later has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    state, start = fields[0], fields[19]
+    return None if state in ("Z", "X", "x") else start
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a worker is, as torch's agent tells it: read once, at bootstrap."""
+
+    attempt: int
+    local_rank: int
+    rank: int
+    group_rank: int = 0
+    role_name: str = "default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Identity | None:
+        """The identity in ``env`` (torch's variables); None outside a worker.
+
+        >>> Identity.from_env({"LOCAL_RANK": "1", "RANK": "3", "TORCHELASTIC_RESTART_COUNT": "2"})
+        Identity(attempt=2, local_rank=1, rank=3, group_rank=0, role_name='default')
+        """
+        if "LOCAL_RANK" not in env:
+            return None
+        return cls(
+            attempt=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            local_rank=int(env["LOCAL_RANK"]),
+            rank=int(env.get("RANK", env["LOCAL_RANK"])),
+            group_rank=int(env.get("GROUP_RANK", "0")),
+            role_name=env.get("ROLE_NAME", "default"),
+        )

@@ -1,0 +1,38 @@
+"""The command line: ``icelaunch [options] script.py`` and ``icelaunch stacks [PID]``.
+
+Data flow::
+
+    argv --_parser.build_parser (options derived from ElasticLauncher.__freeze__,
+            torchrun's spellings from _torchrun)--> parse --> Invocation(spec, command)
+         --_main.run--> engine.launch_command --> exit status (0, the first failed
+            rank's code, 124 timeout, 128+N signal, 2 usage)
+    `icelaunch stacks [PID]` --_stacks--> job folders in the temp dir --> grouped stacks
+
+``--help`` imports no torch: the engine is imported only to launch.
+"""
+
+from __future__ import annotations
+
+from icelaunch.cli._main import (
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    exit_status,
+    main,
+    run,
+)
+from icelaunch.cli._parser import PROG, Invocation, build_parser, devices_for_nproc, parse
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "PROG",
+    "Invocation",
+    "build_parser",
+    "devices_for_nproc",
+    "exit_status",
+    "main",
+    "parse",
+    "run",
+]
