@@ -101,7 +101,11 @@ def test_underscore_spellings_are_the_same_flags(
 def test_every_seed_parameter_is_a_flag_with_help():
     covered = {name for flags, _ in FLAG_CASES for name in _flag_names(flags)}
     assert set(PARAMETERS) <= covered | {"log_dir"}  # log_dir: see its own test
-    assert set(PARAMETERS) <= set(cli._parser.HELP) <= {p.name for p in cli._parser._freeze_parameters()}
+    assert (
+        set(PARAMETERS)
+        <= set(cli._parser.HELP)
+        <= {p.name for p in cli._parser._freeze_parameters()}
+    )
     help_text = cli.build_parser().format_help()
     for name in PARAMETERS:
         assert "--" + name.replace("_", "-") in help_text

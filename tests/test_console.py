@@ -662,15 +662,6 @@ def test_the_owner_goes_on_with_its_open_line_while_others_wait() -> None:
     assert b"".join(shown) == b"[0] 10% 20%\n[1] other\n"
 
 
-def test_torch_still_records_worker_events_where_we_skip_them() -> None:
-    """The agent skips torch's per-worker events for the default "null" handler
-    (each costs a DNS look-up on return); fail loudly if torch renames the hook."""
-    from torch.distributed.elastic.agent.server.api import SimpleElasticAgent, WorkerSpec
-
-    assert callable(SimpleElasticAgent._record_worker_events)
-    assert WorkerSpec.__dataclass_fields__["event_log_handler"].default == "null"
-
-
 @pytest.mark.timeout(RUN_TIMEOUT_S * 2)
 def test_a_script_traceback_is_prefixed_once_and_reported_once(tmp_path: Path) -> None:
     job = tmp_path / "boom.py"

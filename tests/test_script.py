@@ -1,4 +1,4 @@
-"""``python -m icelaunch._worker._script``: scripts run as Python runs them, after the worker set-up."""
+"""``python -m icelaunch._worker._script``: scripts run as Python runs them, after set-up."""
 
 from __future__ import annotations
 

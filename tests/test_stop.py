@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import inspect
 import os
 import signal
 import subprocess
@@ -13,63 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch.distributed.elastic.agent.server.api as torch_agent_api
-import torch.distributed.elastic.agent.server.local_elastic_agent as torch_local_agent
-import torch.distributed.elastic.multiprocessing.api as torch_mp_api
-from torch.multiprocessing.spawn import ProcessContext
 
 import icelaunch
 from icelaunch import ElasticLauncher, WorkerFailedError
-from icelaunch._engine import _procs, _stop
-from icelaunch._engine._agent import Agent
+from icelaunch._engine import _stop
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
-
-
-# --- torch's pieces the agent overrides or reads: fail loudly if torch changes them ---------
-
-
-def test_torch_stop_and_monitor_methods_are_the_ones_the_agent_overrides() -> None:
-    base = torch_local_agent.LocalElasticAgent
-    for name in ("_stop_workers", "_shutdown", "_monitor_workers", "_start_workers"):
-        assert name in vars(base), f"torch's LocalElasticAgent no longer defines {name}"
-        assert name in vars(Agent), f"Agent must override {name}"
-    # torch 2.13 takes the wait as timeout; 2.11 (still supported) waits 30 s itself
-    assert list(inspect.signature(base._shutdown).parameters) in (
-        ["self", "death_sig", "timeout"],
-        ["self", "death_sig"],
-    )
-    assert "_restart_workers" in vars(torch_agent_api.SimpleElasticAgent)
-    # the 30 s default the stop path avoids: _stop_workers calls _shutdown() bare
-    assert "self._shutdown()" in inspect.getsource(base._stop_workers)
-
-
-def test_torch_process_context_attributes_the_agent_reads() -> None:
-    """``_procs.workers_of`` reads these private attributes; so does the stop path rely
-    on command workers leading their own session."""
-    assert "self._pc = mp.start_processes(" in inspect.getsource(torch_mp_api.MultiprocessContext)
-    assert "self.processes = processes" in inspect.getsource(ProcessContext.__init__)
-    assert "self.subprocess_handlers" in inspect.getsource(torch_mp_api.SubprocessContext)
-    popen = inspect.getsource(torch_mp_api.SubprocessHandler._popen)
-    assert 'kwargs["start_new_session"] = True' in popen
-
-
-def test_torch_return_value_handshake_the_agent_relies_on() -> None:
-    """The agent takes return values from torch's queues itself and then releases the
-    workers (``_procs.return_queues``, ``queue_fd``, ``release_workers``): a worker
-    queues its value, then waits for that event before it ends."""
-    init = inspect.getsource(torch_mp_api.MultiprocessContext.__init__)
-    assert "self._ret_vals = {" in init and "SimpleQueue()" in init
-    assert "self._worker_finished_event = mp.get_context(" in init
-    wrap = inspect.getsource(torch_mp_api._wrap)
-    assert wrap.index("ret_val_.put(ret)") < wrap.index("queue_finished_reading_event.wait()")
-    import multiprocessing
-
-    queue = multiprocessing.get_context("spawn").SimpleQueue()
-    try:
-        assert _procs.queue_fd(queue) >= 0
-    finally:
-        queue.close()
 
 
 # --- a stubborn peer: 3 s, not torch's 30 s ----------------------------------------------

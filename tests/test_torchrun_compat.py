@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from icelaunch import ElasticLauncher, WorkerFailedError, _torch_internals
+from icelaunch import ElasticLauncher, WorkerFailedError
 from icelaunch._engine import _setup
 from test_cli import icelaunch, launch, write
 from tests_helpers import all_reduce_sum
@@ -103,11 +103,6 @@ def test_process_group_false_restarts(tmp_path: Path) -> None:
     results = launcher(own_group, launcher, str(tmp_path / "failed-once"))
     assert [v["sum"] for v in results.values()] == [3.0, 3.0]
     assert [v["restart"] for v in results.values()] == [1, 1]
-
-
-def test_torch_env_rendezvous_registry_is_as_icelaunch_expects() -> None:
-    """_user_group wraps torch's private env:// handler; fail loudly if torch moves it."""
-    assert callable(_torch_internals.env_handlers()["env"])
 
 
 def test_process_group_must_be_a_bool() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import signal
 import subprocess
@@ -27,7 +26,8 @@ import torch
 import torch.distributed as dist
 from packaging.version import Version
 
-from icelaunch import ElasticLauncher, WorkerFailedError, _shared_move, _transfer
+from icelaunch import ElasticLauncher, WorkerFailedError, _transfer
+from icelaunch._transfer import _shared_move
 from tests_helpers import assert_gone
 
 pytestmark = pytest.mark.timeout(180)
@@ -292,37 +292,6 @@ def test_a_tensor_over_foreign_memory_moves_without_touching_that_memory() -> No
     assert t.is_shared() and torch.equal(t, torch.arange(MB, dtype=torch.float64))
     assert np.array_equal(arr, np.arange(MB, dtype=np.float64))  # not given back
     sent.close()
-
-
-def test_torch_internals_we_rely_on() -> None:
-    """Fails loudly when torch changes what transfer relies on."""
-    storage = torch.ones(MB).untyped_storage()
-    fd, nbytes = storage._share_fd_cpu_()
-    assert nbytes == 4 * MB and os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/")
-    assert storage._share_fd_cpu_()[0] == fd  # idempotent: no second copy
-    # results are mapped while the workers wait for the launcher to read them all
-    from torch.distributed.elastic.multiprocessing import api
-
-    source = inspect.getsource(api._wrap)
-    assert source.index("queue_finished_reading_event.wait()") > source.index(".put(ret)")
-
-
-@MOVES_IN_CHUNKS
-def test_torch_storage_swap_the_move_relies_on() -> None:
-    """_shared_move: a storage mapping a duplicate of our memfd takes the data pointer
-    of a plain one in place, and then gives that memfd as its own, with no copy."""
-    plain = torch.ones(MB).untyped_storage()
-    assert plain.resizable() and not torch.from_numpy(np.ones(4)).untyped_storage().resizable()
-    memfd = os.memfd_create("test-internals")
-    os.pwrite(memfd, bytes(plain), 0)
-    shared = torch.UntypedStorage._new_shared_fd_cpu(memfd, 4 * MB)
-    os.close(memfd)
-    address = shared.data_ptr()
-    plain._swap_data_ptr_(shared)
-    assert plain.data_ptr() == address and plain.is_shared()
-    fd, nbytes = plain._share_fd_cpu_()
-    assert nbytes == 4 * MB and os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:test-")
-    assert plain.data_ptr() == address
 
 
 # ---------------------------------------------------------------- real launches

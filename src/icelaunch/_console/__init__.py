@@ -4,6 +4,8 @@ Used by the engine; knows nothing of rendezvous or torch. Launcher side:
 :class:`Relay` (one thread, per-rank prefixes, ``\\r``-aware, terminals for
 terminals). Worker side: :func:`attach`, called first thing in every worker.
 
+Data flow::
+
     worker fd 1/2 --pty or pipe--> Relay thread --prefixed--> launcher stdout/stderr
                                                \\--raw bytes--> <rank dir>/stdout.log, stderr.log
 """

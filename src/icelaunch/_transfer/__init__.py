@@ -5,6 +5,8 @@ with real file names: ``_pickler``) and moves large tensors to shared memory in
 place (``_shared_move``). Worker side: :func:`receive` maps them again;
 :func:`as_result` sends a return value back the same way.
 
+Data flow::
+
     caller's tensor --_shared_move--> memfd (pages given back as written)
     job --send--> payload bytes --torch's queue/args--> receive --> job, tensors mapped
     worker value --as_result--> Shared (memfd) --torch's return queue--> caller maps it

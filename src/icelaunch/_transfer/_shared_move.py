@@ -29,10 +29,10 @@ _MADV_DONTNEED = 4
 
 def move_to_memfd(storage: Any) -> tuple[int, int]:
     """Move ``storage`` (CPU, not yet shared) to a memfd in place; its descriptor
-    and size as ``storage._share_fd_cpu_()`` gives them (the storage keeps the
+    and size as torch gives them for a shared storage (the storage keeps the
     descriptor open while it lives).
 
-    Falls back to ``_share_fd_cpu_()`` where torch lacks ``_swap_data_ptr_``.
+    Falls back to torch's own move (``share_memory_()``) where torch cannot swap.
     """
     if not _torch_internals.can_swap(type(storage)):
         return _torch_internals.share_fd(storage)
