@@ -10,8 +10,8 @@ import pytest
 from torch.distributed import run as torchrun
 
 from icelaunch import cli
-from icelaunch.cli import _torchrun
 from icelaunch._launcher import ElasticLauncher
+from icelaunch.cli import _torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_OPTIONS = [
