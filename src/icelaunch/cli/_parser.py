@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from icelaunch import __version__
+from icelaunch import __version__, _rundir
 from icelaunch._launcher import ElasticLauncher
 from icelaunch._spec import LaunchSpec
 from icelaunch.cli import _torchrun
@@ -239,7 +239,7 @@ def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
         "signals_to_handle",
         metavar="SIG,...",
         help="signals that stop the workers and the command (default: "
-        "SIGTERM,SIGINT,SIGHUP,SIGQUIT)",
+        f"{','.join(_rundir.STOP_SIGNALS)})",
     )
     _add_option(
         torchrun,
