@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests_helpers import is_mp_helper
+from helpers import is_mp_helper
 
 _GRACE_S = 5.0
 

@@ -172,7 +172,7 @@ def test_torch_return_value_handshake() -> None:
     assert "self._worker_finished_event = mp.get_context(" in init
     wrap = inspect.getsource(torch_mp_api._wrap)
     assert wrap.index("ret_val_.put(ret)") < wrap.index("queue_finished_reading_event.wait()")
-    queue = multiprocessing.get_context("spawn").SimpleQueue()
+    queue = multiprocessing.get_context("fork").SimpleQueue()  # no resource tracker
     try:
         assert _procs.queue_fd(queue) >= 0
     finally:
@@ -228,11 +228,12 @@ def test_torch_share_fd_is_idempotent() -> None:
 def test_torch_storage_swap_in_place() -> None:
     """A storage mapping a duplicate of our memfd takes the data pointer of a plain
     one in place, and then gives that memfd as its own, with no copy."""
-    plain = torch.ones(MB).untyped_storage()
+    tensor = torch.ones(MB)
+    plain = tensor.untyped_storage()
     assert _torch_internals.can_swap(type(plain))
     assert plain.resizable() and not torch.from_numpy(np.ones(4)).untyped_storage().resizable()
     memfd = os.memfd_create("test-internals")
-    os.pwrite(memfd, bytes(plain), 0)
+    os.pwrite(memfd, tensor.numpy().tobytes(), 0)
     _torch_internals.swap_to_shared(plain, memfd, 4 * MB)
     os.close(memfd)
     address = plain.data_ptr()

@@ -1,0 +1,97 @@
+"""``python -m icelaunch._worker._script``: scripts run as Python runs them, after set-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import icelaunch, launch, write
+
+RUN_TIMEOUT_S = 60
+SHOW = """
+import json, os, sys
+print("SEEN", json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__,
+      "file": __file__, "pid": os.getpid(), "ppid": os.getppid(),
+      "main": getattr(sys.modules["__main__"], "__file__", None)}))
+"""
+
+
+def wrapped(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-u", "-m", "icelaunch._worker._script", *command]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def seen(stdout: str) -> dict[str, object]:
+    import json
+
+    lines = [line for line in stdout.splitlines() if "SEEN " in line]
+    assert lines, stdout
+    return dict(json.loads(lines[0].split("SEEN ", 1)[1]))
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_a_script_sees_what_python_script_py_gives_it(tmp_path: Path):
+    path = write(tmp_path, "sub/show.py", SHOW)
+    result = wrapped(sys.executable, "-u", str(path), "--lr", "0.1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plain = subprocess.run(
+        [sys.executable, "-u", str(path), "--lr", "0.1"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    got, want = seen(result.stdout), seen(plain.stdout)
+    for key in ("argv", "path0", "name", "file", "main"):
+        assert got[key] == want[key], key
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_a_module_sees_what_python_m_gives_it(tmp_path: Path):
+    write(tmp_path, "pkg/__init__.py", "")
+    write(tmp_path, "pkg/show.py", SHOW)
+    result = wrapped(sys.executable, "-u", "-m", "pkg.show", "x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plain = subprocess.run(
+        [sys.executable, "-u", "-m", "pkg.show", "x"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    got, want = seen(result.stdout), seen(plain.stdout)
+    for key in ("argv", "path0", "name", "file", "main"):
+        assert got[key] == want[key], key
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_another_program_replaces_the_wrapper_in_the_same_process(tmp_path: Path):
+    result = wrapped("sh", "-c", 'echo "pid $$"', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pid ")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_a_traceback_shows_only_the_users_frames(tmp_path: Path):
+    path = write(tmp_path, "boom.py", "def f():\n    raise ValueError('shard 7')\nf()\n")
+    result = wrapped(sys.executable, "-u", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "ValueError: shard 7" in result.stderr
+    assert result.stderr.count('File "') == 2, result.stderr  # <module> and f
+    assert "runpy" not in result.stderr and "_script" not in result.stderr
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_sys_exit_status_is_kept(tmp_path: Path):
+    path = write(tmp_path, "exit.py", "import sys\nsys.exit(5)\n")
+    assert wrapped(sys.executable, "-u", str(path), cwd=tmp_path).returncode == 5
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_the_command_runs_scripts_with_no_extra_process(tmp_path: Path):
+    path = write(tmp_path, "show.py", SHOW)
+    result = launch(icelaunch("--devices", "cpu:0-1", str(path), "a"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "SEEN " in line]
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        got = seen(line)
+        assert got["argv"] == [str(path), "a"] and got["name"] == "__main__"
+        assert got["file"] == str(path) and got["path0"] == str(tmp_path)
