@@ -29,7 +29,7 @@ from icelaunch._errors import (
 
 if TYPE_CHECKING:
     from icelaunch._devices import parse_devices
-    from icelaunch._engine._failures import LaunchTimeoutError, WorkerFailedError
+    from icelaunch._engine import LaunchTimeoutError, WorkerFailedError
     from icelaunch._launcher import ElasticLauncher
     from icelaunch._worker import current, init_process_group
 
@@ -73,9 +73,9 @@ def warm_up() -> None:
             import torch
             ...
     """
-    from icelaunch._engine import _forkserver
+    from icelaunch import _engine
 
-    _forkserver.warm_up()
+    _engine.warm_up()
 
 
 def wait_teardown(timeout: float | None = None) -> bool:
@@ -91,16 +91,15 @@ def wait_teardown(timeout: float | None = None) -> bool:
     Args:
         timeout: seconds to wait at most; None waits until all is done.
     """
-    import sys
+    from icelaunch import _engine
 
-    module = sys.modules.get("icelaunch._engine._teardown")
-    return True if module is None else bool(module.wait(timeout))
+    return _engine.wait_teardown(timeout)
 
 
 _LAZY = {
     "ElasticLauncher": "icelaunch._launcher",
-    "WorkerFailedError": "icelaunch._engine._failures",
-    "LaunchTimeoutError": "icelaunch._engine._failures",
+    "WorkerFailedError": "icelaunch._engine",
+    "LaunchTimeoutError": "icelaunch._engine",
     "current": "icelaunch._worker",
     "init_process_group": "icelaunch._worker",
     "parse_devices": "icelaunch._devices",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from icelaunch import _cluster, _preflight, _worker
 from icelaunch._config import Configurable
-from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_PREFIX_TEMPLATE
+from icelaunch._rundir import PREFIX_TEMPLATE
 from icelaunch._spec import LaunchSpec, build_spec
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class ElasticLauncher(Configurable):
         *,
         warm_start: bool = True,
         local_ranks_filter: str | Sequence[int] | None = None,
-        log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE,
+        log_line_prefix_template: str = PREFIX_TEMPLATE,
         timeout: float | None = None,
         hang_timeout: float | None = None,
         collective_timeout: float | None = None,

@@ -15,6 +15,8 @@ A launch's files::
         +-- started-A-L                              its function began (worker)
         +-- stacks-A-L.txt / stacks-A-L.pid          stack dumps / "pid start rank"
         +-- crash-A-L.txt                            faulthandler at a native crash
+        +-- stderr-A-L.log                           a failed rank's last stderr bytes
+                                                     (the launcher, for its report)
         +-- logs/                                    log files without a log_dir
         +-- worker-env.json                          what a script's worker adds to its
                                                      environment (the command door)
@@ -25,11 +27,13 @@ A launch's files::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Environment variables the launcher sets and its workers read.
 SPEC_ENV = "ICELAUNCH_SPEC"  # the LaunchSpec as JSON, for launched scripts
@@ -37,9 +41,15 @@ RUN_DIR_ENV = "ICELAUNCH_RUN_DIR"  # the run folder, for launched scripts
 CONSOLE_ENV = "ICELAUNCH_CONSOLE"  # the console relay's abstract socket
 MARK_ENV = "ICELAUNCH_JOB_MARK"  # inherited by every process of one launch
 SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"  # torch's agent reads it (torchrun sets it)
+AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"  # torch's agent: its store hosts the group
+_ATTEMPT_ENV = "TORCHELASTIC_RESTART_COUNT"  # torch's agent: the attempt of a worker
 
 #: the signals that stop a launch (torch's agent handles them; workers get SIGTERM)
 STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+#: the signal a rank answers with its Python stacks (faulthandler, from C). A real-time
+#: one: SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption) and torch's own
+#: fatal-signal handler; glibc keeps the two below SIGRTMIN.
+STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
 #: the console prefix of every line, unless log_line_prefix_template says otherwise
 PREFIX_TEMPLATE = "[rank${rank}]: "
 #: what a worker tells the console relay when it attaches: the prefix's fields
@@ -48,6 +58,16 @@ _PREFIX_EXAMPLE = "'[${role_name}${rank}]: '"
 #: job folders are named ``<JOB_PREFIX><launcher pid>_<random>`` in the temp directory
 JOB_PREFIX = "icelaunch_"
 LOGS_DIR = "logs"
+
+
+def attempt_of(env: Mapping[str, str]) -> int:
+    """The restart count torch's agent gives a worker's environment (0 if none)."""
+    return int(env.get(_ATTEMPT_ENV, "0"))
+
+
+def uses_agent_store(env: Mapping[str, str]) -> bool:
+    """Whether torch's agent store hosts the worker group (static and etcd rendezvous)."""
+    return env.get(AGENT_STORE_ENV) == "True"
 
 
 def stop_signals() -> frozenset[signal.Signals]:
@@ -119,16 +139,20 @@ def script_env_path(run_dir: str) -> str:
 
 def report_path(run_dir: str, attempt: int, local_rank: int) -> str:
     """Where a worker writes its failure report for one attempt."""
-    return os.path.join(run_dir, f"failure-{attempt}-{local_rank}.pkl")
+    return os.path.join(run_dir, f"{report_prefix(attempt)}{local_rank}{REPORT_SUFFIX}")
 
 
-REPORT_PREFIX = "failure-"
+def report_prefix(attempt: int) -> str:
+    """The name prefix of the failure reports of ``attempt`` (they end in ``.pkl``)."""
+    return f"failure-{attempt}-"
+
+
 REPORT_SUFFIX = ".pkl"
 
 
 def started_path(run_dir: str, attempt: int, local_rank: int) -> str:
     """The file whose existence says a worker's group was up and its function began."""
-    return os.path.join(run_dir, f"started-{attempt}-{local_rank}")
+    return os.path.join(run_dir, f"{started_prefix(attempt)}{local_rank}")
 
 
 def started_prefix(attempt: int) -> str:
@@ -153,6 +177,11 @@ READY_PATTERN = r"^stacks-(\d+)-(\d+)\.pid$"
 def crash_path(run_dir: str, attempt: int, local_rank: int) -> str:
     """The file faulthandler writes to when the rank crashes in native code."""
     return os.path.join(run_dir, f"crash-{attempt}-{local_rank}.txt")
+
+
+def stderr_tail_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file the launcher keeps a failed rank's last stderr bytes in."""
+    return os.path.join(run_dir, f"stderr-{attempt}-{local_rank}.log")
 
 
 def start_time(pid: int) -> str | None:
@@ -180,18 +209,69 @@ class Identity:
     role_name: str = "default"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Identity | None:
+    def from_env(cls, env: Mapping[str, str], strict: bool = False) -> Identity | None:
         """The identity in ``env`` (torch's variables); None outside a worker.
+
+        ``strict``: every variable torch's agent sets must be there (else KeyError);
+        otherwise only ``LOCAL_RANK`` (a process a worker started may lack the rest).
 
         >>> Identity.from_env({"LOCAL_RANK": "1", "RANK": "3", "TORCHELASTIC_RESTART_COUNT": "2"})
         Identity(attempt=2, local_rank=1, rank=3, group_rank=0, role_name='default')
         """
         if "LOCAL_RANK" not in env:
             return None
+        if strict:
+            return cls(
+                attempt=int(env[_ATTEMPT_ENV]),
+                local_rank=int(env["LOCAL_RANK"]),
+                rank=int(env["RANK"]),
+                group_rank=int(env["GROUP_RANK"]),
+                role_name=env["ROLE_NAME"],
+            )
         return cls(
-            attempt=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            attempt=attempt_of(env),
             local_rank=int(env["LOCAL_RANK"]),
             rank=int(env.get("RANK", env["LOCAL_RANK"])),
             group_rank=int(env.get("GROUP_RANK", "0")),
             role_name=env.get("ROLE_NAME", "default"),
         )
+
+    def notice(self, what: str = "") -> bytes:
+        """The datagram a worker sends the agent (to :func:`done_address`): ``up`` once
+        its code runs, nothing once its function returned.
+
+        >>> Identity(1, 2, 5).notice("up")
+        b'1 2 up'
+        """
+        return f"{self.attempt} {self.local_rank} {what}".strip().encode()
+
+    def hello(self, hostname: str, pid: int) -> bytes:
+        """The line a worker sends the console relay when it attaches: the prefix's
+        fields (:data:`PREFIX_FIELDS`), its attempt and pid."""
+        fields = {
+            "attempt": self.attempt,
+            "local_rank": self.local_rank,
+            "rank": self.rank,
+            "group_rank": self.group_rank,
+            "node_rank": self.group_rank,
+            "role_name": self.role_name,
+            "hostname": hostname,
+            "pid": pid,
+        }
+        return json.dumps(fields).encode() + b"\n"
+
+
+def read_notice(data: bytes) -> tuple[int, int, str]:
+    """(attempt, local rank, what) of a worker's datagram (:meth:`Identity.notice`).
+
+    >>> read_notice(b"1 2 up"), read_notice(b"0 3")
+    ((1, 2, 'up'), (0, 3, ''))
+    """
+    attempt, local_rank, *what = data.decode().split()
+    return int(attempt), int(local_rank), " ".join(what)
+
+
+def read_hello(line: bytes | bytearray) -> dict[str, Any]:
+    """The fields of a worker's hello line (:meth:`Identity.hello`)."""
+    fields: dict[str, Any] = json.loads(line)
+    return fields

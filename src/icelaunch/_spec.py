@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from icelaunch import _devices
-from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_PREFIX_TEMPLATE
-from icelaunch._rundir import check_template
+from icelaunch._rundir import PREFIX_TEMPLATE, check_template
 
 RDZV_BACKENDS = ("static", "c10d", "etcd", "etcd-v2")
 START_METHODS = ("spawn", "fork", "forkserver")
@@ -59,7 +58,7 @@ class LaunchSpec:
     omp_num_threads: int
     warm_start: bool = True
     local_ranks_filter: tuple[int, ...] | None = None
-    log_line_prefix_template: str = DEFAULT_PREFIX_TEMPLATE
+    log_line_prefix_template: str = PREFIX_TEMPLATE
     timeout: float | None = None
     hang_timeout: float | None = None
     collective_timeout: float | None = None
@@ -260,9 +259,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
         local_ranks_filter=parse_ranks_filter(a.get("local_ranks_filter"), len(devices)),
-        log_line_prefix_template=check_template(
-            a.get("log_line_prefix_template", DEFAULT_PREFIX_TEMPLATE)
-        ),
+        log_line_prefix_template=check_template(a.get("log_line_prefix_template", PREFIX_TEMPLATE)),
         timeout=_seconds("timeout", a.get("timeout"), "3600"),
         hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
         collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),

@@ -13,15 +13,14 @@ Data flow::
 from __future__ import annotations
 
 from icelaunch._console._attach import attach
-from icelaunch._console._early import WorkerMark
+from icelaunch._console._early import WorkerMark, wrap_spawn_main
 from icelaunch._console._relay import Relay, Routes, new_address
-from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_TEMPLATE
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "Relay",
     "Routes",
     "WorkerMark",
     "attach",
     "new_address",
+    "wrap_spawn_main",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -32,7 +31,7 @@ def attach(who: Identity | None) -> None:
         _early.give_back()
         return
     try:
-        fds = _receive(address, _hello(who))
+        fds = _receive(address, who.hello(socket.gethostname(), os.getpid()))
     except (OSError, ValueError) as exc:
         logger.debug("no console relay at %s: %s", address, exc)
         _early.give_back()
@@ -44,20 +43,6 @@ def attach(who: Identity | None) -> None:
     for target, fd in zip((1, 2), fds, strict=True):
         os.dup2(fd, target)
         os.close(fd)
-
-
-def _hello(who: Identity) -> bytes:
-    info = {
-        "attempt": who.attempt,
-        "local_rank": who.local_rank,
-        "rank": who.rank,
-        "group_rank": who.group_rank,
-        "node_rank": who.group_rank,
-        "role_name": who.role_name,
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-    return json.dumps(info).encode() + b"\n"
 
 
 def _receive(address: str, hello: bytes) -> list[int]:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import json
 import logging
 import os
 import secrets
@@ -34,7 +33,7 @@ from typing import IO, Any
 from icelaunch._console._screen import Screen, Source
 from icelaunch._console._sink import Sink, guard_forks
 from icelaunch._console._text import expand
-from icelaunch._rundir import PREFIX_TEMPLATE as DEFAULT_TEMPLATE
+from icelaunch._rundir import PREFIX_TEMPLATE, read_hello, stderr_tail_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class Routes:
             file (``stdout.log``/``stderr.log``), or None for no file.
     """
 
-    template: str = DEFAULT_TEMPLATE
+    template: str = PREFIX_TEMPLATE
     shown: Callable[[int, str], bool] = lambda local_rank, stream: True
     rank_dir: Callable[[int, int], str | None] = lambda attempt, local_rank: None
 
@@ -199,7 +198,7 @@ class Relay:
         paths: dict[int, str] = {}
         for (seen, local_rank), tail in sorted(self._tails.items()):
             if seen == attempt:
-                paths[local_rank] = os.path.join(folder, f"stderr-{attempt}-{local_rank}.log")
+                paths[local_rank] = stderr_tail_path(folder, attempt, local_rank)
                 with open(paths[local_rank], "wb") as fh:
                     fh.write(tail)
         return paths
@@ -315,7 +314,7 @@ class Relay:
         LAUNCHER_FDS.discard(conn.fileno())
         with conn:
             if data and b"\n" in hello:
-                self._give_streams(conn, json.loads(hello.split(b"\n", 1)[0]))
+                self._give_streams(conn, read_hello(hello.split(b"\n", 1)[0]))
 
     def _give_streams(self, conn: socket.socket, who: dict[str, Any]) -> None:
         write_ends: list[int] = []

@@ -11,7 +11,8 @@ Data flow::
                                                   stranger that reused a pid)
                                                   group(): identical stacks once, odd ones first
                                                   Watch: timeout, hang_timeout, memory peaks,
-                                                  OOM counters -> LaunchTimeoutError, causes
+                                                  OOM counters -> raises Stopped (the engine
+                                                  turns it into LaunchTimeoutError), causes
 
 ``A`` is the attempt (restart count), ``L`` the local rank; the files live in
 the launch's run folder (``_rundir``), under the job folder ``icelaunch_<pid>_*``
@@ -26,11 +27,8 @@ from __future__ import annotations
 from icelaunch._diagnosis._collect import ready_ranks, take
 from icelaunch._diagnosis._format import group, group_texts, stack_text
 from icelaunch._diagnosis._watch import Stopped, Watch
-from icelaunch._diagnosis._worker_side import (
-    STACK_SIGNAL,
-    setup_worker,
-    without_bootstrap_frames,
-)
+from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
+from icelaunch._rundir import STACK_SIGNAL
 
 __all__ = [
     "STACK_SIGNAL",

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from icelaunch import _rundir
-from icelaunch._diagnosis._worker_side import STACK_SIGNAL
+from icelaunch._rundir import STACK_SIGNAL
 
 TOTAL_BOUND_S = 1.0  # for all ranks together
 _SETTLED_S = 0.03  # a dump that ends at a process's outermost frame is complete after this

@@ -15,9 +15,8 @@ from typing import IO
 
 from icelaunch import _rundir
 from icelaunch._diagnosis._format import Frame, is_library
-from icelaunch._rundir import Identity
+from icelaunch._rundir import STACK_SIGNAL, Identity
 
-STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _open_files: list[IO[str]] = []  # faulthandler writes to their descriptors until exit
 

@@ -1,4 +1,4 @@
-"""The engine: the only package that talks to torch.distributed.elastic.
+"""The engine: the only room that builds on torch.distributed.elastic.
 
 It assembles torch's public pieces (``RendezvousParameters``, the rendezvous
 registry, ``WorkerSpec``, ``LocalElasticAgent``, ``DefaultLogsSpecs``) the way
@@ -11,7 +11,8 @@ caller's signal handlers, environment and temp folder are left as they were.
 Data flow of one launch::
 
     _doors.launch(spec, fn, args) / launch_command(spec, argv)
-      --Target(entrypoint, args, env as data)--> _launch.run_launch
+      --Target(entrypoint, args; the workers' environment as data: in the job,
+               or in the run folder's worker-env.json)--> _launch.run_launch
           job folder, caller's state kept (_hygiene), port retries (_ports)
           --> _attempt.run_attempt (per run folder)
                 WorkerSpec + rendezvous handler (_setup, _stores, _rendezvous, _waiting)
@@ -22,7 +23,7 @@ Data flow of one launch::
           --> after a success: the rest closes in the background (_teardown)
 
 This face imports no torch: the doors are loaded on the first launch.
-``icelaunch._torch_internals`` is the door to torch's private names.
+``icelaunch._torch_internals`` reaches torch's private names for it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
     from icelaunch._engine._failures import LaunchTimeoutError, WorkerFailedError
     from icelaunch._spec import LaunchSpec
 
-__all__ = ["LaunchTimeoutError", "WorkerFailedError", "launch", "launch_command"]
+__all__ = [
+    "LaunchTimeoutError",
+    "WorkerFailedError",
+    "launch",
+    "launch_command",
+    "wait_teardown",
+    "warm_up",
+]
 
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
@@ -49,6 +57,21 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     from icelaunch._engine import _doors
 
     _doors.launch_command(spec, argv)
+
+
+def warm_up() -> None:
+    """Start the warm fork server now (imports no torch here; the server does)."""
+    from icelaunch._engine import _forkserver
+
+    _forkserver.warm_up()
+
+
+def wait_teardown(timeout: float | None = None) -> bool:
+    """Wait for the background teardown of earlier launches; True when none is left."""
+    import sys
+
+    module = sys.modules.get("icelaunch._engine._teardown")
+    return True if module is None else bool(module.wait(timeout))
 
 
 def __getattr__(name: str) -> Any:

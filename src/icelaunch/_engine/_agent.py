@@ -58,9 +58,9 @@ class DoneListener:
                 data = self._sock.recv(64)
             except BlockingIOError:
                 return
-            attempt, local_rank, *what = data.split()
-            if int(attempt) == self.attempt:
-                (self.up if what == [b"up"] else self.done).add(int(local_rank))
+            attempt, local_rank, what = _rundir.read_notice(data)
+            if attempt == self.attempt:
+                (self.up if what == "up" else self.done).add(local_rank)
 
     def wait(self, fds: list[int], timeout: float) -> None:
         """Return when a worker reports, one of ``fds`` is readable, or ``timeout`` passes."""

@@ -1,8 +1,13 @@
 """The engine's two doors: a function in every worker, or a command in every worker.
 
 Both describe what the workers run as a :class:`Target` (built per run folder)
-and pass the environment the workers need as data; neither writes the
-caller's ``os.environ``. The launch itself is ``_launch.run_launch``.
+and pass the environment the workers need as data: a function's in its job, a
+command's in a file the script runner reads (``_rundir.script_env_path``). One
+variable is the exception: a command's job mark (``_stop.JobMark``) must be in
+each worker's environment from its exec on, where ``/proc/<pid>/environ`` of
+its children shows it, so the launch carries it in the launcher's environment
+while it runs (``Target.inherited``; put back afterwards). The launch itself is
+``_launch.run_launch``.
 """
 
 from __future__ import annotations
@@ -87,14 +92,14 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
             _rundir.SPEC_ENV: spec_json,
             _rundir.RUN_DIR_ENV: run_dir,  # where the scripts leave their stacks
             _rundir.CONSOLE_ENV: console,
-            mark.name: mark.value,
             "OMP_NUM_THREADS": str(spec.omp_num_threads),  # unless the worker has one
         }
         env_file = _rundir.script_env_path(run_dir)
         with open(env_file, "w") as fh:
             json.dump(env, fh)
         wrapped = script_command(env_file, argv)
-        return Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console)
+        inherited = ((mark.name, mark.value),)
+        return Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console, inherited)
 
     run_launch(spec, target)
 

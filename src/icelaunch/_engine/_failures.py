@@ -54,6 +54,8 @@ class RankFailure:
 class WorkerFailedError(ChildFailedError):
     """Workers of a launch failed; ``details`` holds one :class:`RankFailure` per failed rank.
 
+    Shown and pickled as ``icelaunch.WorkerFailedError``, wherever it is defined.
+
     ``exceptions`` maps a rank to the worker's original exception object when it
     could be pickled back, so callers can handle the original type.
     """
@@ -190,3 +192,8 @@ def is_collateral(detail: RankFailure) -> bool:
     if detail.signal_name == "SIGTERM" and detail.exc_type is None:
         return True  # stopped by an agent
     return any(sign in detail.message for sign in _COLLATERAL_SIGNS)
+
+
+# the public names: tracebacks and pickles do not depend on where the classes live
+WorkerFailedError.__module__ = "icelaunch"
+LaunchTimeoutError.__module__ = "icelaunch"

@@ -40,6 +40,10 @@ class Target:
     reports_done: bool
     mark: _stop.JobMark | None = None  # in every worker's environment
     console: str = ""  # the console relay's address, known to the workers
+    #: variables the launcher's own environment carries while the launch runs (put
+    #: back after it), so that torch starts the workers with them: only what must be
+    #: in a worker's environment from its exec on (see ``_doors.launch_command``)
+    inherited: tuple[tuple[str, str], ...] = ()
 
 
 def run_launch(spec: LaunchSpec, target: Callable[[str], Target]) -> dict[int, Any]:
@@ -106,6 +110,7 @@ def _launch_with_port_retry(
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
+        os.environ.update(this.inherited)  # the caller's environment is put back after
         try:
             with _port_errors(port):
                 return run_attempt(spec, this, run_dir, port, later)

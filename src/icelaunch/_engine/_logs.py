@@ -15,6 +15,7 @@ from torch.distributed.elastic.multiprocessing.api import LogsDest
 
 from icelaunch import _console
 from icelaunch._engine._setup import std_maps
+from icelaunch._rundir import attempt_of
 from icelaunch._spec import LaunchSpec
 
 
@@ -27,7 +28,7 @@ class RelayedLogs(DefaultLogsSpecs):
 
     def reify(self, envs: dict[int, dict[str, str]]) -> LogsDest:
         dest = super().reify(envs)
-        attempt = int(envs[0].get("TORCHELASTIC_RESTART_COUNT", "0")) if envs else 0
+        attempt = attempt_of(envs[0]) if envs else 0
         self._rank_dirs[attempt] = {
             rank: os.path.dirname(path) for rank, path in dest.error_files.items()
         }

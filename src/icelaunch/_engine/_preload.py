@@ -13,6 +13,6 @@ import torch.distributed
 import torch.distributed.elastic.multiprocessing.api  # noqa: F401  (torch's worker wrapper)
 
 import icelaunch._worker  # noqa: F401
-from icelaunch._console import _early
+from icelaunch import _console
 
-_early.wrap_spawn_main()  # output of the main module's re-import reaches the relay
+_console.wrap_spawn_main()  # output of the main module's re-import reaches the relay

@@ -172,9 +172,9 @@ def _signal_name(exitcode: int) -> str | None:
 def _read_reports(run_dir: str, attempt: int) -> dict[int, dict[str, Any]]:
     """Failure reports the workers of one attempt wrote, by global rank."""
     reports: dict[int, dict[str, Any]] = {}
-    prefix = os.path.basename(_rundir.report_path(run_dir, attempt, 0)).rsplit("-", 1)[0]
+    prefix = _rundir.report_prefix(attempt)
     for name in sorted(os.listdir(run_dir)):
-        if not (name.startswith(prefix + "-") and name.endswith(_rundir.REPORT_SUFFIX)):
+        if not (name.startswith(prefix) and name.endswith(_rundir.REPORT_SUFFIX)):
             continue
         try:
             with open(os.path.join(run_dir, name), "rb") as fh:

@@ -2,17 +2,21 @@
 
 Data flow::
 
-    torch's agent starts a worker
-      function: _run.run(payload) --receive--> Job --+
-      script:   python -m icelaunch._worker._script  |
-                                                     v
-      Identity.from_env (read once) --> _bootstrap.bootstrap_common
-                                          console attach (fds 1, 2 relayed)
-                                          diagnosis (stack signal, crash file)
-      _context.WorkerContext (current()) --> join_process_group (loopback store
-                                             for one node; per-attempt prefix)
-      user function --> value --as_result--> torch's return queue
-                    \\-> exception --> failure report (_rundir.report_path)
+    a launched function (torch's entrypoint _run.run):
+      payload --_transfer.receive--> Job; Identity.from_env (read once); "up" to the agent
+      tied to the launcher; the launcher's environment taken (Job.env)
+      _bootstrap.bootstrap_common: console attach (fds 1, 2 relayed),
+                                   diagnosis (stack signal, crash file)
+      WorkerContext (current()) --> join_process_group (loopback store for one
+                                    node; a per-attempt prefix after restarts)
+      fn(*args) --> value --_transfer.as_result--> torch's return queue; "returned"
+                \\-> exception --> failure report (_rundir.report_path), exit 1
+
+    a script (python -m icelaunch._worker._script --env-file F COMMAND...):
+      F's variables set (spec, run folder, console); Identity.from_env (read once,
+      kept for current()); _bootstrap.bootstrap_common as above
+      COMMAND run in this process (runpy) or exec'd; the script calls
+      icelaunch.init_process_group() itself; its exit status is the result
 
 ``_user_group`` fixes torch's ``env://`` for functions that make their own group.
 """

@@ -64,7 +64,7 @@ class WorkerContext:
     ) -> WorkerContext:
         """Read the variables torch's elastic agent gives every worker (``who``: the
         identity the bootstrap read already)."""
-        who = who or Identity.from_env(env)
+        who = who or _identity or Identity.from_env(env, strict=True)
         if who is None:
             raise KeyError("LOCAL_RANK")
         return cls(
@@ -89,6 +89,7 @@ class WorkerContext:
 
 
 _current: WorkerContext | None = None
+_identity: Identity | None = None  # read by the bootstrap of a script's worker
 
 
 def current() -> WorkerContext:
@@ -168,7 +169,7 @@ def _attempt_store(ctx: WorkerContext) -> Any:
     """
     from torch.distributed import PrefixStore, TCPStore  # type: ignore[attr-defined]
 
-    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    agent_hosts = _rundir.uses_agent_store(os.environ)
     if not agent_hosts and ctx.group_world_size == 1:  # one node: listen on loopback only
         store = _worker_store(ctx.rank, ctx.master_port, ctx.world_size)
     else:
@@ -189,6 +190,13 @@ def set_current(ctx: WorkerContext) -> None:
     """Make ``ctx`` what :func:`current` returns in this process (a launched function)."""
     global _current
     _current = ctx
+
+
+def set_identity(who: Identity) -> None:
+    """The identity this process's bootstrap read (a script's worker): :func:`current`
+    builds the context from it instead of reading it again."""
+    global _identity
+    _identity = who
 
 
 def _worker_store(rank: int, port: int, world_size: int) -> Any:

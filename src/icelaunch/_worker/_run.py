@@ -67,7 +67,9 @@ def run(payload: bytes | Job, mark: object = None) -> Any:
     who = Identity.from_env(os.environ)  # torch's variables for this rank; read once
     if who is None:
         raise RuntimeError("icelaunch's worker entrypoint runs only in a worker torch started")
-    _notify(job.notify_path, who, "up")  # this process opened torch's queues: names not needed
+    _notify(
+        job.notify_path, who.notice("up")
+    )  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
     bootstrap_common(who, job.report_dir)
@@ -76,7 +78,7 @@ def run(payload: bytes | Job, mark: object = None) -> Any:
     _prepare_process(job.spec)
     result = _run_in_group(job, ctx)
     _flush_streams()  # the launcher shows everything written before the value arrives
-    _notify(job.notify_path, who)
+    _notify(job.notify_path, who.notice())
     return result  # torch queues it; the process group is destroyed as the process ends
 
 
@@ -124,7 +126,7 @@ def _tie_to_parent(job: Job) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _rundir.stop_signals())  # held by a forking launcher
     with contextlib.suppress(OSError):  # already a session leader
-        os.setsid()  # what this worker starts can be found and stopped (engine/_stop.py)
+        os.setsid()  # what this worker starts can be found and stopped (_engine/_stop.py)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -260,14 +262,11 @@ def _write_report(job: Job, ctx: WorkerContext, exc: BaseException) -> None:
         pass  # the parent falls back to torch's error file and exit code
 
 
-def _notify(path: str, who: Identity, what: str = "") -> None:
-    """One datagram to the agent: ``<attempt> <local rank> [what]`` (none: returned).
-
-    The agent still sees a result at its next poll if this fails.
-    """
-    message = f"{who.attempt} {who.local_rank} {what}"
+def _notify(path: str, notice: bytes) -> None:
+    """One datagram to the agent (``Identity.notice``); if it is lost, the agent
+    still sees the result at its next poll."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(message.strip().encode(), path)
+            sock.sendto(notice, path)
     except OSError:
         pass

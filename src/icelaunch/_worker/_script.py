@@ -1,4 +1,4 @@
-"""``python -m icelaunch._worker._script COMMAND...``: what the ``icelaunch`` command's workers run.
+"""``python -m icelaunch._worker._script [--env-file FILE] COMMAND...``: a script's worker.
 
 It runs the worker-side set-up (:func:`icelaunch._worker._bootstrap.bootstrap_common`)
 and then the original command in this same process, so the worker's pid is the
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from icelaunch import _rundir
 from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch._worker._context import set_identity
 
 _OWN_FILE = os.path.abspath(__file__)
 _UNBUFFERED = "-u"
@@ -46,7 +47,9 @@ def plan(command: Sequence[str]) -> Plan:
     Plan(kind='exec', target='./run.sh', args=('x',))
     """
     if not command:
-        raise ValueError("no command given: python -m icelaunch._worker._script COMMAND [ARGS...]")
+        raise ValueError(
+            "no command given: python -m icelaunch._worker._script [--env-file FILE] COMMAND..."
+        )
     rest = list(command[1:])
     if _same_python(command[0]):
         while rest and rest[0] == _UNBUFFERED:
@@ -76,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _take_environment(args[1])
         args = args[2:]
     how = plan(args)
-    run_dir = os.environ.get(_rundir.RUN_DIR_ENV)
-    bootstrap_common(_rundir.Identity.from_env(os.environ), run_dir)
+    who = _rundir.Identity.from_env(os.environ)  # read once
+    if who is not None:
+        set_identity(who)
+    bootstrap_common(who, os.environ.get(_rundir.RUN_DIR_ENV))
     if how.kind == "exec":
         sys.stdout.flush()
         sys.stderr.flush()

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from icelaunch import _torch_internals
+from icelaunch import _rundir, _torch_internals
 
 _ENV = "env"
 
@@ -24,7 +24,7 @@ _ENV = "env"
 def prefix_env_rendezvous(restart_count: int) -> None:
     """Make ``init_process_group(init_method="env://")`` in this worker use a store
     of its own attempt; nothing to do on the first attempt or without the agent's store."""
-    if restart_count == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+    if restart_count == 0 or not _rundir.uses_agent_store(os.environ):
         return
     handlers = _torch_internals.env_handlers()
     handlers[_ENV] = _prefixed(handlers[_ENV], f"/icelaunch/attempt_{restart_count}")

@@ -1,8 +1,8 @@
 """torchrun's options as the ``icelaunch`` command takes them, and their ``PET_*`` forms.
 
 Every option of torchrun 2.13 is either accepted with the same meaning or
-refused with the reason and what to use instead (``tests/test_torchrun_cli.py``
-checks this against torch's own parser). torchrun reads ``PET_<DEST>`` as the
+refused with the reason and what to use instead (the torchrun CLI tests check
+this against torch's own parser). torchrun reads ``PET_<DEST>`` as the
 default of each option (its ``env`` and ``check_env`` argparse actions); so
 does the command, for the options it accepts. Imports no torch.
 """
