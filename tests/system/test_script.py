@@ -95,3 +95,25 @@ def test_the_command_runs_scripts_with_no_extra_process(tmp_path: Path):
         got = seen(line)
         assert got["argv"] == [str(path), "a"] and got["name"] == "__main__"
         assert got["file"] == str(path) and got["path0"] == str(tmp_path)
+
+
+MARKED = """
+import os
+with open("/proc/self/environ", "rb") as fh:
+    initial = fh.read().split(b"\\0")
+mark = os.environ["ICELAUNCH_JOB_MARK"].encode()
+print("MARK_AT_EXEC", b"ICELAUNCH_JOB_MARK=" + mark in initial)
+print("SPEC_SET", "ICELAUNCH_SPEC" in os.environ, "OMP", os.environ["OMP_NUM_THREADS"])
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 2)
+def test_a_script_worker_has_the_job_mark_from_exec_and_its_variables(tmp_path: Path):
+    """The stop path finds a worker's forked descendants by the mark in
+    /proc/<pid>/environ, which shows the environment at exec: the mark must be
+    there, not only set later by the runner (which sets the other variables)."""
+    script = write(tmp_path, "marked.py", MARKED)
+    result = launch(icelaunch("--devices", "cpu:0-1", str(script)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("MARK_AT_EXEC True") == 2, result.stdout
+    assert result.stdout.count("SPEC_SET True OMP 1") == 2, result.stdout
