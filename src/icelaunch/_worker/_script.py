@@ -118,15 +118,34 @@ def _is_zip(path: str) -> bool:
 
 
 def _run_without_our_frames(run: Callable[[], object]) -> None:
-    """Run; an uncaught exception is reported as Python would, without our frames."""
+    """Run; an uncaught exception is reported as Python would, without our frames.
+
+    A script that ends successfully with torch.distributed's default group still
+    up (Lightning Fabric, Accelerate and many torchrun scripts leave it) has it
+    destroyed here, while Python still runs: left to the interpreter's teardown,
+    gloo's threads can abort the process ("terminate called without an active
+    exception") once a peer has exited.
+    """
     try:
         run()
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            _release_process_group()
+        raise
+    except KeyboardInterrupt:
         raise
     except BaseException as exc:
         tb = _user_frames(exc.__traceback__)
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         sys.exit(1)
+    _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy torch.distributed's default group if the script left one."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
