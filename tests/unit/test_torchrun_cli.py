@@ -60,7 +60,11 @@ def test_every_torchrun_option_is_accepted_or_refused_with_a_reason(
 
 
 #: torchrun options of newer torch releases than the oldest we support (2.11)
-LATER_OPTIONS = {"shutdown_timeout"}  # torchrun 2.13
+LATER_OPTIONS = {  # torchrun 2.13; 2.15
+    "shutdown_timeout",
+    "log_line_prefix_template",
+    "print_completion",
+}
 
 
 def test_accepted_and_refused_are_exactly_torchruns_options() -> None:

@@ -1,6 +1,6 @@
 """torchrun's options as the ``icelaunch`` command takes them, and their ``PET_*`` forms.
 
-Every option of torchrun 2.13 is either accepted with the same meaning or
+Every option of torchrun 2.11 to 2.15 is either accepted with the same meaning or
 refused with the reason and what to use instead (the torchrun CLI tests check
 this against torch's own parser). torchrun reads ``PET_<DEST>`` as the
 default of each option (its ``env`` and ``check_env`` argparse actions); so
@@ -33,6 +33,7 @@ ACCEPTED = (
     "redirects",
     "tee",
     "local_ranks_filter",
+    "log_line_prefix_template",  # torchrun 2.15
     "node_rank",
     "master_addr",
     "master_port",
@@ -77,6 +78,10 @@ REFUSED = {
     "shutdown_timeout": (
         "icelaunch gives stopped workers a fixed 3 s between SIGTERM and SIGKILL",
         "save what must survive as soon as SIGTERM arrives",
+    ),
+    "print_completion": (  # torchrun 2.15
+        "icelaunch prints no shell completion script",
+        "icelaunch --help, which lists every option",
     ),
     "virtual_local_rank": (
         "icelaunch keeps each worker's real LOCAL_RANK and device list",
