@@ -545,3 +545,43 @@ class FakeCudaTensor(torch.Tensor):
     @property
     def device(self) -> torch.device:  # type: ignore[override]
         return torch.device("cuda:0")
+
+
+# --- pid files, grandchildren and /dev/shm: what a launch may leave behind ---------------------
+
+STRAY = {  # left over in a shell, a notebook server or a parent launcher
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "10.255.255.1",
+    "MASTER_PORT": "1",
+    "NNODES": "2",
+    "NODE_RANK": "1",
+}
+
+
+def pid_files(folder: Path) -> list[int]:
+    """The pids the ranks wrote to ``folder/*.pid``."""
+    return [int(p.read_text()) for p in folder.glob("*.pid")]
+
+
+def wait_for_pid_files(folder: Path, count: int, proc: subprocess.Popen[str] | None = None) -> None:
+    """Wait (at most 120 s) until ``count`` ranks wrote their pid files."""
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.pid"))) < count:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(proc.communicate()[0])
+        assert time.monotonic() < deadline, "the ranks did not get going"
+        time.sleep(0.05)
+
+
+def grandchildren(tmp: Path) -> list[int]:
+    """The pids of the processes the workers started, as they wrote them to ``tmp``."""
+    return [int(p.read_text()) for p in tmp.iterdir() if p.name.startswith(("same", "setsid"))]
+
+
+def ours_in_dev_shm(pids: set[int]) -> list[str]:
+    """Entries of /dev/shm that processes ``pids`` (or icelaunch) created."""
+    return [
+        name
+        for name in os.listdir("/dev/shm")
+        if name.startswith("icelaunch") or any(f"_{pid}_" in name for pid in pids)
+    ]

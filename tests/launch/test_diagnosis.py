@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import assert_gone
+from helpers import assert_gone, pid_files, wait_for_pid_files
 from icelaunch import ElasticLauncher, LaunchTimeoutError, WorkerFailedError
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -33,19 +32,6 @@ TIMEOUT_S = 25  # above the ranks' start-up on a loaded machine
 def _here(folder: str, rank: int) -> None:
     """Say "this rank is about to block" (and its pid) to the test."""
     Path(folder, f"{rank}.pid").write_text(str(os.getpid()))
-
-
-def _pids(folder: Path) -> list[int]:
-    return [int(p.read_text()) for p in folder.glob("*.pid")]
-
-
-def _wait_for(folder: Path, count: int, proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + 120
-    while len(list(folder.glob("*.pid"))) < count:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(proc.communicate()[0])
-        assert time.monotonic() < deadline, "the ranks did not get going"
-        time.sleep(0.05)
 
 
 assert_all_gone = assert_gone
@@ -120,7 +106,7 @@ def test_timeout_names_file_function_and_line_of_the_stuck_rank(tmp_path: Path) 
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(rank1_sleeps_others_all_reduce, launcher, str(tmp_path))
     took = time.monotonic() - start
-    pids = _pids(tmp_path)
+    pids = pid_files(tmp_path)
     assert_all_gone(pids)
     assert len(pids) == 3, f"the ranks had not all started within {TIMEOUT_S} s (overloaded?)"
     err = info.value
@@ -143,7 +129,7 @@ def test_hang_timeout_judges_eight_ranks_hung_and_groups_them(tmp_path: Path) ->
     launcher = ElasticLauncher("cpu:0-7", hang_timeout=3).freeze()
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(eight_ranks, launcher, str(tmp_path))
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     err = info.value
     assert err.reason == "hang"
     message = str(err)
@@ -160,7 +146,7 @@ def test_mismatched_collectives_show_each_ranks_call(tmp_path: Path) -> None:
     launcher = ElasticLauncher("cpu:0-1", hang_timeout=3).freeze()
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(mismatched, launcher, str(tmp_path))
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     stacks = info.value.stacks
     assert "dist.all_reduce(t)" in stacks[0] or "time.sleep(600)" in stacks[0]
     assert "dist.broadcast(t, src=1)" in stacks[1] or "time.sleep(600)" in stacks[1]
@@ -184,7 +170,7 @@ def test_peer_failure_reports_where_the_running_ranks_were(tmp_path: Path) -> No
     launcher = ElasticLauncher("cpu:0-2").freeze()
     with pytest.raises(WorkerFailedError) as info:
         launcher(one_fails_while_others_wait, launcher, str(tmp_path))
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     err = info.value
     assert not isinstance(err, LaunchTimeoutError)
     assert err.first.rank == 2 and "rank 2 gives up" in err.first.message
@@ -202,7 +188,7 @@ def test_collective_timeout_reaches_init_process_group(tmp_path: Path) -> None:
     with pytest.raises(WorkerFailedError) as info:
         launcher(rank1_sleeps_others_all_reduce, launcher, str(tmp_path))
     took = time.monotonic() - start
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     err = info.value
     assert err.first.rank == 0 and err.first.exc_type is not None
     assert "timed out" in err.first.message.lower() or "timeout" in err.first.message.lower()
@@ -242,7 +228,7 @@ def fails_once(launcher: ElasticLauncher, folder: str) -> int:
     if launcher.restart_count == 0:
         _here(folder, launcher.rank)
         if launcher.rank == 1:
-            _wait_for(Path(folder), 2)
+            wait_for_pid_files(Path(folder), 2)
             time.sleep(0.5)
             raise ValueError("first attempt fails")
         stuck_in_sleep()
@@ -256,7 +242,7 @@ def test_a_restart_logs_where_the_running_ranks_were(
     launcher = ElasticLauncher("cpu:0-1", max_restarts=2).freeze()
     with caplog.at_level("WARNING", logger="icelaunch._engine._agent"):
         assert launcher(fails_once, launcher, str(tmp_path)) == {0: 0, 1: 1}
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "where the running ranks were:\nrank 0: time.sleep(600)" in logged
 

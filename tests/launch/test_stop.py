@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import icelaunch
+from helpers import grandchildren, is_running
 from icelaunch import ElasticLauncher, WorkerFailedError
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -72,17 +72,6 @@ def parent_of_grandchildren(launcher: ElasticLauncher, tmp: str, how: str) -> in
     return 0
 
 
-def _grandchildren(tmp: Path) -> list[int]:
-    return [int(p.read_text()) for p in tmp.iterdir() if p.name.startswith(("same", "setsid"))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 @pytest.mark.parametrize("how", ["raise", "SIGKILL", "success"])
 def test_no_process_started_by_a_worker_outlives_the_launch(tmp_path: Path, how: str) -> None:
     launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
@@ -93,9 +82,9 @@ def test_no_process_started_by_a_worker_outlives_the_launch(tmp_path: Path, how:
         with pytest.raises(WorkerFailedError) as info:
             launcher(parent_of_grandchildren, launcher, str(tmp_path), how)
         assert info.value.first.rank == 1
-    pids = _grandchildren(tmp_path)
+    pids = grandchildren(tmp_path)
     assert len(pids) == 4
-    survivors = [p for p in pids if _alive(p)]
+    survivors = [p for p in pids if is_running(p)]
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"grandchildren {survivors} outlived a launch that ended by {how}"

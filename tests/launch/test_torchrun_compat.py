@@ -17,19 +17,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import all_reduce_sum
+from helpers import STRAY, all_reduce_sum
 from icelaunch import ElasticLauncher, WorkerFailedError
 
 pytestmark = pytest.mark.timeout(120)
 
 FAST = {"monitor_interval": 0.5}
-STRAY = {  # left over in a shell, a notebook server or a parent launcher
-    "WORLD_SIZE": "2",
-    "MASTER_ADDR": "10.255.255.1",
-    "MASTER_PORT": "1",
-    "NNODES": "2",
-    "NODE_RANK": "1",
-}
 
 
 # --- 1. stray variables --------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import FakeCudaTensor, digest, make_kinds
+from helpers import FakeCudaTensor, digest, make_kinds, ours_in_dev_shm
 from icelaunch import ElasticLauncher, WorkerFailedError, _transfer
 
 pytestmark = pytest.mark.timeout(180)
@@ -75,15 +75,6 @@ def test_cuda_argument_is_refused_before_any_worker_starts() -> None:
         launcher(digest_args, launcher, {"x": fake})
 
 
-def _ours_in_dev_shm(pids: set[int]) -> list[str]:
-    """Entries of /dev/shm that processes ``pids`` (or icelaunch) created."""
-    return [
-        name
-        for name in os.listdir("/dev/shm")
-        if name.startswith("icelaunch") or any(f"_{pid}_" in name for pid in pids)
-    ]
-
-
 def pid_of(launcher: ElasticLauncher, t: torch.Tensor) -> int:
     return os.getpid()
 
@@ -100,7 +91,7 @@ def test_nothing_left_in_dev_shm_after_success_and_failure() -> None:
     pids = {os.getpid(), *launcher(pid_of, launcher, t).values()}
     with pytest.raises(WorkerFailedError, match="deliberate"):
         launcher(fail_on_rank_1, launcher, t)
-    assert _ours_in_dev_shm(pids) == []
+    assert ours_in_dev_shm(pids) == []
     assert _memfds_of(os.getpid()) == []
 
 

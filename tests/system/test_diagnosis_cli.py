@@ -20,22 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import assert_gone
+from helpers import assert_gone, pid_files, wait_for_pid_files
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
-
-
-def _pids(folder: Path) -> list[int]:
-    return [int(p.read_text()) for p in folder.glob("*.pid")]
-
-
-def _wait_for(folder: Path, count: int, proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + 120
-    while len(list(folder.glob("*.pid"))) < count:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(proc.communicate()[0])
-        assert time.monotonic() < deadline, "the ranks did not get going"
-        time.sleep(0.05)
 
 
 assert_all_gone = assert_gone
@@ -93,7 +80,7 @@ def _driver(tmp_path: Path, fn: str) -> tuple[subprocess.Popen[str], Path]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(folder, 3, proc)
+    wait_for_pid_files(folder, 3, proc)
     return proc, folder
 
 
@@ -102,7 +89,7 @@ def test_ctrl_c_prints_the_grouped_stacks_before_keyboard_interrupt(tmp_path: Pa
     time.sleep(0.5)  # into the calls
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    assert_all_gone(_pids(folder))
+    assert_all_gone(pid_files(folder))
     assert proc.returncode == 130, out
     view = out.index("where the running ranks were:")
     assert out.index("KeyboardInterrupt raised in the caller") > view
@@ -119,7 +106,7 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
     script.write_text(textwrap.dedent(DRIVER))
     argv = [sys.executable, str(script), "raises_in_main", str(tmp_path)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
-    assert_all_gone(_pids(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
     assert f'File "{script}", line 26, in raises_in_main' in out
     assert "<dynamic-code>" not in out
     # icelaunch's bootstrap frames are left out (a retried gloo set-up failure may
@@ -153,7 +140,7 @@ def test_icelaunch_stacks_from_another_process_leaves_the_job_running(tmp_path: 
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "result [0, 1, 2]" in out
-    assert_all_gone(_pids(folder))
+    assert_all_gone(pid_files(folder))
 
 
 def test_icelaunch_stacks_of_no_launch_says_so() -> None:
@@ -209,7 +196,7 @@ def test_script_stacks_on_demand_then_ctrl_c_shows_them(tmp_path: Path) -> None:
     argv, folder = _command(tmp_path, HUNG_SCRIPT)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(folder, 2, proc)
+        wait_for_pid_files(folder, 2, proc)
         time.sleep(0.5)  # into the calls
         shown = _icelaunch("stacks", str(proc.pid))
         assert "rank 1: time.sleep(600)  (job.py:8 in stuck_in_a_script)" in shown.stdout
@@ -218,7 +205,7 @@ def test_script_stacks_on_demand_then_ctrl_c_shows_them(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-    assert_all_gone(_pids(folder))
+    assert_all_gone(pid_files(folder))
     assert proc.returncode == 130, out
     assert "where the running ranks were:" in out
     assert "rank 1: time.sleep(600)  (job.py:8 in stuck_in_a_script)" in out
@@ -364,7 +351,7 @@ def test_oom_kill_in_a_cgroup_is_reported_as_such(tmp_path: Path, what: str) -> 
             timeout=180,
             preexec_fn=enter_cgroup,
         )
-        assert_all_gone(_pids(folder))
+        assert_all_gone(pid_files(folder))
     finally:
         _remove_cgroup(cgroup, procs)
     report = result.stdout + result.stderr

@@ -10,23 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from helpers import grandchildren, is_running
 from icelaunch._engine import _stop
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
-
-
-def _grandchildren(tmp: Path) -> list[int]:
-    return [int(p.read_text()) for p in tmp.iterdir() if p.name.startswith(("same", "setsid"))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def test_descendants_finds_children_of_a_new_session(tmp_path: Path) -> None:
@@ -79,9 +68,9 @@ def test_no_process_started_by_a_command_worker_outlives_the_command(tmp_path: P
     argv = [sys.executable, "-m", "icelaunch", "--devices", "cpu:0-1", str(script), str(pids_dir)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 5, result.stderr[-3000:]
-    pids = _grandchildren(pids_dir)
+    pids = grandchildren(pids_dir)
     assert len(pids) == 4
-    survivors = [p for p in pids if _alive(p)]
+    survivors = [p for p in pids if is_running(p)]
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"grandchildren {survivors} outlived the command"

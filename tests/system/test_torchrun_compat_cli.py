@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import icelaunch, launch, write
+from helpers import STRAY, icelaunch, launch, write
 
 pytestmark = pytest.mark.timeout(120)
-STRAY = {  # left over in a shell, a notebook server or a parent launcher
-    "WORLD_SIZE": "2",
-    "MASTER_ADDR": "10.255.255.1",
-    "MASTER_PORT": "1",
-    "NNODES": "2",
-    "NODE_RANK": "1",
-}
 
 
 @pytest.mark.timeout(90)

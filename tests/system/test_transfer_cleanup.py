@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_gone
+from helpers import assert_gone, ours_in_dev_shm
 from icelaunch import ElasticLauncher, _transfer
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,15 +37,6 @@ def test_receive_in_another_process_while_the_sender_lives(tmp_path: Path) -> No
     assert out.stdout.split() == [str(float(t.sum())), str(int(np.arange(MB).sum()))]
     assert t[0] == -1.0  # the other process wrote into the caller's tensor
     sent.close()
-
-
-def _ours_in_dev_shm(pids: set[int]) -> list[str]:
-    """Entries of /dev/shm that processes ``pids`` (or icelaunch) created."""
-    return [
-        name
-        for name in os.listdir("/dev/shm")
-        if name.startswith("icelaunch") or any(f"_{pid}_" in name for pid in pids)
-    ]
 
 
 def pid_of(launcher: ElasticLauncher, t: torch.Tensor) -> int:
@@ -100,7 +91,7 @@ def test_nothing_left_after_ctrl_c(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "KeyboardInterrupt" in out, out
     assert_gone(pids, 30)
-    assert _ours_in_dev_shm(pids) == []
+    assert ours_in_dev_shm(pids) == []
 
 
 def test_nothing_left_after_kill_9_and_the_next_launch_works(tmp_path: Path) -> None:
@@ -108,7 +99,7 @@ def test_nothing_left_after_kill_9_and_the_next_launch_works(tmp_path: Path) -> 
     proc.kill()
     proc.communicate(timeout=60)
     assert_gone(pids, 30)
-    assert _ours_in_dev_shm(pids) == []  # nothing named: nothing for a next launch to clean
+    assert ours_in_dev_shm(pids) == []  # nothing named: nothing for a next launch to clean
     launcher = ElasticLauncher("cpu:0-1", **FAST).freeze()
     assert set(launcher(pid_of, launcher, torch.ones(2 * MB))) == {0, 1}
 
