@@ -31,10 +31,11 @@ etcd-server:
 	@command -v etcd >/dev/null 2>&1 || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server)
 
-# Every test: unit (no process), launch (workers from the test process), system
-# (fresh interpreters, several nodes, etcd, notebooks). The slowest are listed.
+# Every test, quickest tier first: unit (no process), launch (workers from the test
+# process), system (fresh interpreters, several nodes, etcd, notebooks). The 15
+# slowest are listed at the end.
 unit: $(STAMP) etcd-server
-	$(PY) -m pytest src/icelaunch tests
+	$(PY) -m pytest src/icelaunch tests/unit tests/launch tests/system
 
 test: lint typecheck unit
 

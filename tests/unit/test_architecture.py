@@ -147,3 +147,15 @@ def test_the_architecture_page_names_every_room() -> None:
     for room in LEVELS:
         if room not in ("__init__", "__main__"):
             assert room in page, f"docs/architecture.md does not place {room}"
+
+
+def test_every_test_file_sits_in_a_tier() -> None:
+    """`make test` runs tests/unit, tests/launch and tests/system, in that order."""
+    tests = SRC.parents[1] / "tests"
+    loose = sorted(p.name for p in tests.glob("test_*.py"))
+    assert not loose, f"move {loose} into tests/unit, tests/launch or tests/system"
+    assert {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"} >= {
+        "unit",
+        "launch",
+        "system",
+    }
