@@ -67,6 +67,7 @@ class ElasticLauncher(Configurable):
         hang_timeout: float | None = None,
         collective_timeout: float | None = None,
         process_group: bool = True,
+        shutdown_timeout: float = 30.0,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -96,6 +97,11 @@ class ElasticLauncher(Configurable):
                 every worker before calling the function. ``False`` leaves it to the
                 function (``dist.init_process_group("gloo")``, Ignite's
                 ``idist.Parallel``, ...), with the ``env://`` variables torchrun gives.
+            shutdown_timeout: seconds the ranks get to exit on their own when the
+                launcher is asked to stop (SIGTERM, Ctrl-C, SIGHUP, ...: a scheduler's
+                preemption) before they are killed; the call ends as soon as the last
+                rank is gone. The same signal again ends the grace at once. Stops
+                caused by a failing rank or a time limit do not wait (3 s).
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

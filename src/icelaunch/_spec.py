@@ -63,6 +63,7 @@ class LaunchSpec:
     hang_timeout: float | None = None
     collective_timeout: float | None = None
     process_group: bool = True
+    shutdown_timeout: float = 30.0
 
     @property
     def nproc_per_node(self) -> int:
@@ -181,6 +182,16 @@ def _seconds(name: str, value: object, example: str) -> float | None:
     return seconds
 
 
+def _grace(value: object) -> float:
+    """``shutdown_timeout``: zero or a positive, finite number of seconds."""
+    _require_type("shutdown_timeout", value, (int, float), "120")
+    seconds = float(cast(float, value))
+    if not 0 <= seconds < float("inf"):
+        rule = "must be zero or a positive, finite number of seconds"
+        raise _bad("shutdown_timeout", value, rule, "120")
+    return seconds
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -264,6 +275,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
         collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
         process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
+        shutdown_timeout=_grace(a.get("shutdown_timeout", 30.0)),
     )
     _check_rendezvous(spec)
     return spec

@@ -116,13 +116,14 @@ AGENT_OVERRIDES = (
 
 
 @contextlib.contextmanager
-def terminate_handler_deferred() -> Iterator[None]:
-    """Hold back torch's stop-signal exception until the block (starting workers) ends.
+def terminate_handler_deferred() -> Iterator[list[int]]:
+    """Hold back torch's stop-signal exception while the block (starting workers) runs.
 
     torch installs its handler, which raises ``SignalException``, just before it
     starts the workers; raised half-way, the workers already started would be
-    known to nobody. Inside the block a signal is only noted; torch's own handler
-    is back in place, and raises for a noted signal, when the block ends.
+    known to nobody. Inside the block a signal is only noted, in the list the
+    block gets; afterwards torch's own handler is back where the block left the
+    noting one, and the caller acts on what was noted.
     """
     import torch.distributed.elastic.multiprocessing.api as torch_mp_api
 
@@ -134,15 +135,13 @@ def terminate_handler_deferred() -> Iterator[None]:
 
     torch_mp_api._terminate_process_handler = note  # type: ignore[assignment]
     try:
-        yield
+        yield noted
     finally:
         torch_mp_api._terminate_process_handler = original
         for sig in signal.valid_signals():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 if signal.getsignal(sig) is note:
                     signal.signal(sig, original)
-    if noted:
-        original(noted[0], None)
 
 
 def worker_handles(pcontext: Any) -> list[tuple[int, int, Any]]:

@@ -23,6 +23,7 @@ from icelaunch._engine import (
     _rendezvous,
     _report,
     _setup,
+    _signals,
     _stores,
     _teardown,
     _waiting,
@@ -81,6 +82,7 @@ def _run_agent(
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, _rundir.LOGS_DIR))
     relay = _console.Relay(target.console, _logs.routes(spec, logs))
     watch = _report.watch_for(spec)
+    signals = _signals.LaunchSignals(_signals.chosen_signals(os.environ))
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -92,6 +94,8 @@ def _run_agent(
         mark=target.mark,
         watch=watch,
         run_dir=run_dir,
+        signals=signals,
+        shutdown_timeout=spec.shutdown_timeout,
         log_line_prefix_template=_rundir.PREFIX_TEMPLATE,
     )
     shutdown_rdzv = True
@@ -116,10 +120,12 @@ def _run_agent(
         return dict(sorted(result.return_values.items()))
     except _diagnosis.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
-    except SignalException:
+    except SignalException as exc:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         _report.print_interrupted(watch)
-        raise
+        raise _report.stopped_by_signal(exc.sigval, agent.stop_outcome) from None
+    finally:
+        signals.restore()  # the call ends here, even when its teardown goes on
 
 
 def _reimports_main(spec: LaunchSpec, target: Target) -> bool:

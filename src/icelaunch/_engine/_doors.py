@@ -92,6 +92,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
             _rundir.SPEC_ENV: spec_json,
             _rundir.RUN_DIR_ENV: run_dir,  # where the scripts leave their stacks
             _rundir.CONSOLE_ENV: console,
+            _rundir.LAUNCHER_PID_ENV: str(os.getpid()),  # the rank dies with it
             "OMP_NUM_THREADS": str(spec.omp_num_threads),  # unless the worker has one
         }
         env_file = _rundir.script_env_path(run_dir)

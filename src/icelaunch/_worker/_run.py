@@ -9,7 +9,6 @@ report (``_rundir.report_path``) for the launcher to read.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import pickle
@@ -29,15 +28,13 @@ from icelaunch import _diagnosis, _rundir, _transfer
 from icelaunch._rundir import Identity
 from icelaunch._spec import LaunchSpec
 from icelaunch._worker import _user_group
-from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch._worker._bootstrap import bootstrap_common, die_with_parent
 from icelaunch._worker._context import (
     WorkerContext,
     destroy_process_group,
     join_process_group,
     set_current,
 )
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -127,13 +124,11 @@ def _tie_to_parent(job: Job) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _rundir.stop_signals())  # held by a forking launcher
     with contextlib.suppress(OSError):  # already a session leader
         os.setsid()  # what this worker starts can be found and stopped (_engine/_stop.py)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if job.forked_by_server:
+        die_with_parent(os.getppid())  # the fork server's child
         _watch_launcher(job.parent_pid)  # our parent is the fork server, not the launcher
-    elif os.getppid() != job.parent_pid:
-        os._exit(1)  # the launcher died before the line above took effect
+    else:
+        die_with_parent(job.parent_pid)
 
 
 def _watch_launcher(pid: int) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from icelaunch import _rundir
-from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch._worker._bootstrap import bootstrap_common, die_with_parent
 from icelaunch._worker._context import set_identity
 
 _OWN_FILE = os.path.abspath(__file__)
@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _take_environment(args[1])
         args = args[2:]
     how = plan(args)
+    launcher = os.environ.get(_rundir.LAUNCHER_PID_ENV, "")
+    if launcher.isdigit():
+        die_with_parent(int(launcher))  # no rank outlives a launcher killed with -9
     who = _rundir.Identity.from_env(os.environ)  # read once
     if who is not None:
         set_identity(who)

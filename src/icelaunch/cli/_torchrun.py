@@ -39,6 +39,7 @@ ACCEPTED = (
     "master_port",
     "local_addr",
     "signals_to_handle",
+    "shutdown_timeout",
 )
 # torchrun's dest -> the command's dest, where they differ.
 RENAMED = {"rdzv_conf": "rdzv_configs"}
@@ -74,10 +75,6 @@ REFUSED = {
     "numa_binding": (
         "icelaunch does not bind workers to NUMA nodes",
         "numactl or taskset around the command, or os.sched_setaffinity() in the worker",
-    ),
-    "shutdown_timeout": (
-        "icelaunch gives stopped workers a fixed 3 s between SIGTERM and SIGKILL",
-        "save what must survive as soon as SIGTERM arrives",
     ),
     "print_completion": (  # torchrun 2.15
         "icelaunch prints no shell completion script",
