@@ -224,6 +224,19 @@ def stderr_tail_path(run_dir: str, attempt: int, local_rank: int) -> str:
     return os.path.join(run_dir, f"stderr-{attempt}-{local_rank}.log")
 
 
+def catches_signal(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` now (``SigCgt`` in its status):
+    exact, and it changes at ``exec``, which resets handlers."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def start_time(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot), None if gone or a zombie.
 

@@ -93,10 +93,16 @@ class Relay:
         routes: Routes,
         stdout: IO[Any] | None = None,
         stderr: IO[Any] | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
+        """``on_closed``: called when the launcher's stdout or stderr is a pipe whose
+        reader went away."""
         self.address = address
         self._routes = routes
-        self._sinks = {"stdout": Sink(stdout or sys.stdout), "stderr": Sink(stderr or sys.stderr)}
+        self._sinks = {
+            "stdout": Sink(stdout or sys.stdout, on_closed),
+            "stderr": Sink(stderr or sys.stderr, on_closed),
+        }
         screens: dict[tuple[Any, ...], Screen] = {}
         self._screens = {
             name: screens.setdefault(sink.key, Screen()) for name, sink in self._sinks.items()

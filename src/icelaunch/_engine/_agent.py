@@ -375,17 +375,25 @@ class Agent(LocalElasticAgent):
         return polling if polling else {w.pid for w in self._workers}
 
     def _forward(self, sig: signal.Signals) -> None:
-        """A forwarded signal (SIGUSR1, ...): to the ranks (see :meth:`_to_signal`), and
-        ``stop_requested()`` turns True; the launch goes on."""
+        """A forwarded signal (SIGUSR1, ...): to every rank that handles it (every rank
+        notes SIGUSR1 and SIGUSR2 from its bootstrap on, unless it chose otherwise: a
+        rank is never ended by a notice), and ``stop_requested()`` turns True; the
+        launch goes on."""
+        self._write_stop_file(sig)  # also for workers that start later (a restart)
         if not self._workers:
             return
-        self._write_stop_file(sig)
-        asked = self._to_signal()
+        group = _torch_internals.worker_group(self)
+        sent = []
         for w in self._workers:
-            if w.pid in asked and not w.dead():
+            if not w.dead() and _rundir.catches_signal(w.pid, sig):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(w.pid, sig)
-        logger.warning("%s passed on to the ranks; the launch goes on", sig.name)
+                    sent.append(group.workers[w.local_rank].global_rank)
+        logger.warning(
+            "%s passed on to %s; the launch goes on (stop_requested() is now True)",
+            sig.name,
+            f"ranks {', '.join(map(str, sent))}" if sent else "no rank (none handles it)",
+        )
 
     def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
         """Global rank -> pid of the workers that have neither returned nor died."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
@@ -34,6 +36,8 @@ from icelaunch._spec import LaunchSpec
 
 if TYPE_CHECKING:
     from icelaunch._engine._launch import Target
+
+logger = logging.getLogger(__name__)
 
 
 def run_attempt(
@@ -80,9 +84,10 @@ def _run_agent(
     the run (the agent's :meth:`Agent.finish`, the relay, the rendezvous).
     """
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, _rundir.LOGS_DIR))
-    relay = _console.Relay(target.console, _logs.routes(spec, logs))
-    watch = _report.watch_for(spec)
     signals = _signals.LaunchSignals(_signals.chosen_signals(os.environ))
+    closed = functools.partial(signals.request, signal.SIGPIPE)  # `icelaunch ... | head`
+    relay = _console.Relay(target.console, _logs.routes(spec, logs), on_closed=closed)
+    watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
         poll_interval=spec.monitor_interval,
@@ -123,7 +128,9 @@ def _run_agent(
     except SignalException as exc:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         _report.print_interrupted(watch)
-        raise _report.stopped_by_signal(exc.sigval, agent.stop_outcome) from None
+        stopped = _report.stopped_by_signal(exc.sigval, agent.stop_outcome)
+        logger.warning("%s", stopped)  # said once, also where it ends the program uncaught
+        raise stopped from None
     finally:
         signals.restore()  # the call ends here, even when its teardown goes on
 

@@ -7,10 +7,10 @@ agrees with every other rank through one ``all_reduce(MAX)`` of one integer on
 a gloo group (the default group when it is gloo, else one made on the first
 call): the answer is the same on every rank at the same call.
 
-From its first call on, a rank's handlers for SIGTERM, SIGHUP, SIGUSR1 and
-SIGUSR2 (those at their default action) note the signal instead of ending the
-process, and the launcher knows the rank polls (``<run folder>/polling-A-L``):
-the rank decides when to exit.
+Every rank notes SIGUSR1 and SIGUSR2 (preemption notices; where at their default
+action) from its bootstrap on. From its first call on, SIGTERM and SIGHUP are
+noted too instead of ending the process, and the launcher knows the rank polls
+(``<run folder>/polling-A-L``): the rank decides when to exit.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: the signals every rank notes from its bootstrap on (where at their default action)
+FORWARDED = _rundir.FORWARDED_SIGNALS
 #: the signals a polling rank notes instead of ending (where at their default action)
-NOTED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+NOTED_SIGNALS = ("SIGTERM", "SIGHUP", *FORWARDED)
 
 
 class _State:
@@ -49,9 +51,13 @@ _state = _State()
 
 
 def setup(run_dir: str | None, who: Identity | None) -> None:
-    """Where this rank looks for the launcher's stop file (bootstrap, once)."""
+    """Where this rank looks for the launcher's stop file; SIGUSR1 and SIGUSR2 (where at
+    their default action) noted from now on: a preemption notice never ends a rank
+    (bootstrap, once)."""
     _state.run_dir = run_dir
     _state.who = who
+    if who is not None:
+        _note_from_now_on(FORWARDED)
 
 
 def requested(ctx: WorkerContext) -> bool:
@@ -79,16 +85,21 @@ def _stop_file_exists() -> bool:
 def _start_polling() -> None:
     """Note stop signals from now on, then tell the launcher (in that order: a signal
     the launcher sends once it sees the file is noted, never fatal)."""
-    if threading.current_thread() is threading.main_thread():
-        for name in NOTED_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-                signal.signal(sig, _note)
+    _note_from_now_on(NOTED_SIGNALS)
     _state.polling = True
     if _state.run_dir is not None and _state.who is not None:
         path = _rundir.polling_path(_state.run_dir, _state.who.attempt, _state.who.local_rank)
         with contextlib.suppress(OSError), open(path, "w"):
             pass
+
+
+def _note_from_now_on(names: tuple[str, ...]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in names:
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _note)
 
 
 def _note(signum: int, frame: FrameType | None) -> None:

@@ -62,8 +62,7 @@ def run(invocation: Invocation) -> int:
     except _engine.WorkerFailedError as err:
         print(err, file=sys.stderr)
         return EXIT_TIMEOUT if isinstance(err, TimeoutError) else exit_status(err.first.exitcode)
-    except LaunchStopped as stop:  # SIGTERM, Ctrl-C, ...: 128 + the signal
-        print(f"{PROG}: {stop}", file=sys.stderr)
+    except LaunchStopped as stop:  # SIGTERM, Ctrl-C, ...: 128 + the signal (said already)
         return stop.exit_status
     except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
