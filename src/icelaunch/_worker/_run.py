@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing import util
 from typing import Any
 
-from icelaunch import _diagnosis, _rundir, _transfer
+from icelaunch import _diagnosis, _placement, _rundir, _transfer
 from icelaunch._rundir import Identity
 from icelaunch._spec import LaunchSpec
 from icelaunch._worker import _user_group
@@ -72,6 +72,7 @@ def run(payload: bytes | Job, mark: object = None) -> Any:
     )  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    _placement.place(job.spec, who.local_rank)  # its GPUs, CPUs and threads; before CUDA
     bootstrap_common(who, job.report_dir)
     ctx = WorkerContext.from_env(job.spec, os.environ, who)
     set_current(ctx)
@@ -188,11 +189,6 @@ def _prepare_process(spec: LaunchSpec) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        os.environ["OMP_NUM_THREADS"] = str(spec.omp_num_threads)
-        torch.set_num_threads(spec.omp_num_threads)
 
 
 def _run_in_group(job: Job, ctx: WorkerContext) -> Any:

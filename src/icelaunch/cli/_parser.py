@@ -83,6 +83,7 @@ METAVARS = {
     "timeout": "SECONDS",
     "hang_timeout": "SECONDS",
     "collective_timeout": "SECONDS",
+    "numa_binding": "STRATEGY",
 }
 FUNCTION_ONLY = ("warm_start", "process_group")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
