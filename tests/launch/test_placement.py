@@ -39,6 +39,7 @@ def seen(launcher: ElasticLauncher) -> dict[str, Any]:
         "omp": os.environ.get("OMP_NUM_THREADS"),
         "threads": torch.get_num_threads(),
         "cpus": sorted(os.sched_getaffinity(0)),
+        "tensor": torch.arange(3.0),  # a CPU value goes back as it is under narrowing
     }
 
 
@@ -56,6 +57,7 @@ def test_functions_see_the_node_gpus_in_spec_order(gpus: pytest.MonkeyPatch) -> 
         ("3,1", "0", "cuda:0", 0),
         ("3,1", "1", "cuda:1", 1),
     ]
+    assert all(torch.equal(v["tensor"], torch.arange(3.0)) for v in results.values())
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # the launcher's own is untouched
 
 

@@ -10,6 +10,8 @@ Data flow::
                LOCAL_RANK, OMP_NUM_THREADS, torch's thread pool, NUMA binding;
                before user code and before CUDA
     context:   device_seen(spec, local_rank) -> launcher.assigned_device
+    result:    in_launcher_numbering: a CUDA tensor a rank returns is restored on the
+               launcher's number of the same GPU
 
 A ``cuda:`` list that is not every GPU in order narrows per node: every rank of
 the node sees the node's GPUs, in spec order, so ``cuda:LOCAL_RANK`` is its own
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 
 from icelaunch._placement._apply import place
 from icelaunch._placement._plan import RankPlacement, device_seen, plan
+from icelaunch._placement._results import in_launcher_numbering
 from icelaunch._placement._threads import threads_notice, warn_once
 from icelaunch._spec import LaunchSpec
 
@@ -30,6 +33,7 @@ __all__ = [
     "RankPlacement",
     "check_launch",
     "device_seen",
+    "in_launcher_numbering",
     "place",
     "plan",
     "threads_notice",

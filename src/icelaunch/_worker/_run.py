@@ -207,7 +207,8 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
             _user_group.prefix_env_rendezvous(ctx.restart_count)
         _mark_started(job, ctx)
         result = job.fn(*job.args)
-        return _sendable(job.fn, ctx, result)
+        with _placement.in_launcher_numbering(job.spec, ctx.local_rank):
+            return _sendable(job.fn, ctx, result)
     return None  # the function called sys.exit(0)
 
 

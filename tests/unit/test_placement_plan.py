@@ -199,3 +199,38 @@ def test_numa_binding_without_numactl_is_refused(gpus: pytest.MonkeyPatch) -> No
 def test_no_binding_by_default(gpus: pytest.MonkeyPatch) -> None:
     plan = _placement.plan(frozen("cuda:4-7"), 0, {})
     assert (plan.numa_binding, plan.numa_gpu) == (None, None)
+
+
+# --- CUDA results ----------------------------------------------------------------------------
+
+
+class _Storage:
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
+
+
+def test_cuda_results_are_tagged_with_the_launchers_gpu_numbers(
+    gpus: pytest.MonkeyPatch,
+) -> None:
+    """A rank of ``cuda:3,1`` sees GPU 1 as cuda:1: its tensor goes back as the launcher's
+    cuda:1; with virtual_local_rank its cuda:0 is GPU 1 too. Outside the block, and for
+    other devices, torch's own taggers decide."""
+    import torch.serialization
+
+    from icelaunch._placement import _results
+
+    spec = frozen("cuda:3,1")
+    assert _results.launcher_tag(_Storage("cuda:0")) is None
+    with _placement.in_launcher_numbering(spec, 1):
+        assert _results.launcher_tag(_Storage("cuda:0")) == "cuda:3"
+        assert _results.launcher_tag(_Storage("cuda:1")) == "cuda:1"
+        assert _results.launcher_tag(_Storage("cpu")) is None
+    with _placement.in_launcher_numbering(frozen("cuda:3,1", virtual_local_rank=True), 1):
+        assert _results.launcher_tag(_Storage("cuda:0")) == "cuda:1"
+    assert _results.launcher_tag(_Storage("cuda:0")) is None
+    with _placement.in_launcher_numbering(spec, 0):  # torch's own CPU tag still applies
+        assert torch.serialization.location_tag(torch.ones(1).untyped_storage()) == "cpu"
+    with _placement.in_launcher_numbering(frozen("cpu:0-1"), 0):
+        assert _results.launcher_tag(_Storage("cuda:0")) is None
