@@ -276,6 +276,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         visible_devices=visible,
     )
     _check_rendezvous(spec)
+    _check_shared_numa(spec)
     return spec
 
 
@@ -334,6 +335,18 @@ def _numa_binding(value: object, spec: object, devices: list[str]) -> str | None
             "None",
         )
     return text
+
+
+def _check_shared_numa(spec: LaunchSpec) -> None:
+    """``exclusive`` and ``core-complex`` share a NUMA node's cores among the GPUs a rank
+    sees; with ``virtual_local_rank`` each rank sees one, and would get them all."""
+    if spec.virtual_local_rank and spec.numa_binding in ("exclusive", "core-complex"):
+        raise ValueError(
+            f"invalid numa_binding {spec.numa_binding!r} with virtual_local_rank=True: it "
+            f"shares a NUMA node's cores among the GPUs each rank sees, and each rank sees "
+            f"only its own, so the shares would overlap; use numa_binding='node' (or "
+            f"'socket'), or drop virtual_local_rank"
+        )
 
 
 def _str(name: str, value: object) -> str:

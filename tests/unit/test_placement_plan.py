@@ -144,8 +144,17 @@ def test_torchs_numa_strategies_are_accepted_for_gpus(
     spec = frozen("cuda:4-7", numa_binding=strategy)
     plans = [_placement.plan(spec, r, {}) for r in range(4)]
     assert [(p.numa_binding, p.numa_gpu) for p in plans] == [(strategy, r) for r in range(4)]
-    virtual = frozen("cuda:4-7", numa_binding=strategy, virtual_local_rank=True)
-    assert _placement.plan(virtual, 3, {}).numa_gpu == 0  # its GPU, as it sees it
+    if strategy in ("node", "socket"):
+        virtual = frozen("cuda:4-7", numa_binding=strategy, virtual_local_rank=True)
+        assert _placement.plan(virtual, 3, {}).numa_gpu == 0  # its GPU, as it sees it
+
+
+@pytest.mark.parametrize("strategy", ["exclusive", "core-complex"])
+def test_shares_of_a_numa_node_need_the_node_gpus_in_view(
+    numactl: pytest.MonkeyPatch, strategy: str
+) -> None:
+    with pytest.raises(ValueError, match=r"with virtual_local_rank=True: .*shares would overlap"):
+        frozen("cuda:4-7", numa_binding=strategy, virtual_local_rank=True)
 
 
 def test_the_installed_torch_has_the_four_strategies() -> None:
