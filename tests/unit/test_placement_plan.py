@@ -243,3 +243,27 @@ def test_cuda_results_are_tagged_with_the_launchers_gpu_numbers(
         assert torch.serialization.location_tag(torch.ones(1).untyped_storage()) == "cpu"
     with _placement.in_launcher_numbering(frozen("cpu:0-1"), 0):
         assert _results.launcher_tag(_Storage("cuda:0")) is None
+
+
+def test_narrowing_after_cuda_started_is_a_clear_error(gpus: pytest.MonkeyPatch) -> None:
+    """A worker whose main module touched CUDA at import can no longer be narrowed."""
+    from icelaunch._placement import _apply
+
+    gpus.setattr(_apply, "cuda_started", lambda: True)
+    gpus.setattr(_apply, "size_thread_pool", lambda env: None)  # not this process's threads
+    env: dict[str, str] = {}
+    with pytest.raises(RuntimeError, match=r"CUDA was initialised in this worker before .*'4,5'"):
+        _placement.place(frozen("cuda:4,5"), 0, env)
+    assert env == {}
+    _placement.place(frozen("cpu:0-1"), 1, env)  # nothing to narrow: fine
+    assert env == {"LOCAL_RANK": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_place_sets_the_ranks_variables(gpus: pytest.MonkeyPatch) -> None:
+    from icelaunch._placement import _apply
+
+    gpus.setattr(_apply, "size_thread_pool", lambda env: None)  # not this process's threads
+    env = {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "OMP_NUM_THREADS": "2"}
+    placement = _placement.place(frozen("cuda:6,7", virtual_local_rank=True), 1, env)
+    assert env == {"CUDA_VISIBLE_DEVICES": "7", "LOCAL_RANK": "0", "OMP_NUM_THREADS": "2"}
+    assert placement.device == "cuda:0"

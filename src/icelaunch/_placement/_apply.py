@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 
 from icelaunch import _torch_internals
@@ -23,6 +24,14 @@ def place(
     env = os.environ if env is None else env
     placement = plan(spec, local_rank, env)
     if placement.visible is not None:
+        if placement.visible != env.get(CUDA_VISIBLE) and cuda_started():
+            raise RuntimeError(
+                f"CUDA was initialised in this worker before icelaunch could narrow "
+                f"{CUDA_VISIBLE} to {placement.visible!r} for devices {list(spec.devices)}, "
+                f"so it would run on another GPU than launcher.assigned_device says: code "
+                f"run when the worker imports your main module touches CUDA; move it under "
+                f"`if __name__ == '__main__':` or into the launched function"
+            )
         env[CUDA_VISIBLE] = placement.visible
     env["LOCAL_RANK"] = placement.local_rank_env
     if placement.threads is not None:
@@ -31,3 +40,9 @@ def place(
     if placement.numa_binding is not None and placement.numa_gpu is not None:
         _torch_internals.bind_to_gpu_cpus(placement.numa_gpu, placement.numa_binding)
     return placement
+
+
+def cuda_started() -> bool:
+    """Whether torch has initialised CUDA in this process (then its GPUs are fixed)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
