@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,15 @@ def seen(launcher: ElasticLauncher) -> dict[str, Any]:
     }
 
 
+#: as a worker that imports this module sees it: a module that asks CUDA for its devices
+#: at import (``torch.cuda.is_available()``) fixes them then
+AT_IMPORT = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def seen_at_import(launcher: ElasticLauncher) -> tuple[str | None, str]:
+    return sys.modules[__name__].AT_IMPORT, __name__
+
+
 def by_rank(results: dict[int, dict[str, Any]], *keys: str) -> list[tuple[Any, ...]]:
     return [tuple(results[r][k] for k in keys) for r in sorted(results)]
 
@@ -59,6 +69,13 @@ def test_functions_see_the_node_gpus_in_spec_order(gpus: pytest.MonkeyPatch) -> 
     ]
     assert all(torch.equal(v["tensor"], torch.arange(3.0)) for v in results.values())
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # the launcher's own is untouched
+
+
+def test_functions_are_unpickled_with_their_gpus_narrowed(gpus: pytest.MonkeyPatch) -> None:
+    """Unpickling a function imports its module in the worker: narrowed by then."""
+    launcher = ElasticLauncher("cuda:6,2", **NO_GROUP).freeze()
+    results = launcher(seen_at_import, launcher)
+    assert results == {0: ("6,2", __name__), 1: ("6,2", __name__)}
 
 
 def test_functions_compose_the_callers_visible_devices(gpus: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         WorkerFailedError: workers failed and no restart was left.
         KeyboardInterrupt: the launching process got SIGINT.
     """
-    _placement.check_launch(spec, os.environ)  # a hidden GPU fails here, not in a worker
+    placements = _placement.check_launch(spec, os.environ)  # a hidden GPU fails here
+    visible = tuple(p.visible for p in placements)  # set before a worker unpickles its job
     name = getattr(fn, "__qualname__", None) or repr(fn)
     console = _console.new_address()
     mark = _stop.JobMark.new()
@@ -46,7 +47,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
             return Target(name, _worker.run, (job,), True, mark, console)
         sent.append(_payload(name, job))
-        marked = (sent[-1].payload, _console.WorkerMark())  # the mark: see _console._early
+        marked = (sent[-1].payload, _console.WorkerMark(), visible)  # mark: _console._early
         return Target(name, _worker.run, marked, True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up

@@ -5,7 +5,9 @@ Data flow::
     launcher:  LaunchSpec + os.environ --check_launch--> every rank planned (a GPU
                the caller's CUDA_VISIBLE_DEVICES hides is an error now, not in a
                worker); torchrun's OMP_NUM_THREADS warning, once
-    worker:    LaunchSpec + local rank + its environment (the launcher's)
+    worker:    a function's: narrow(its CUDA_VISIBLE_DEVICES, planned by the launcher)
+               before its job (and the user's modules) is unpickled; then
+               LaunchSpec + local rank + the launcher's environment
                --plan--> RankPlacement --place--> CUDA_VISIBLE_DEVICES narrowed,
                LOCAL_RANK, OMP_NUM_THREADS, torch's thread pool, NUMA binding;
                before user code and before CUDA
@@ -23,17 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from icelaunch._placement._apply import place
-from icelaunch._placement._plan import RankPlacement, device_seen, plan
+from icelaunch._placement._apply import narrow, place
+from icelaunch._placement._plan import CUDA_VISIBLE, RankPlacement, device_seen, plan
 from icelaunch._placement._results import in_launcher_numbering
 from icelaunch._placement._threads import threads_notice, warn_once
 from icelaunch._spec import LaunchSpec
 
 __all__ = [
+    "CUDA_VISIBLE",
     "RankPlacement",
     "check_launch",
     "device_seen",
     "in_launcher_numbering",
+    "narrow",
     "place",
     "plan",
     "threads_notice",

@@ -54,25 +54,31 @@ class Job:
     env: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
 
-def run(payload: bytes | Job, mark: object = None) -> Any:
+def run(payload: bytes | Job, mark: object = None, visible: tuple[str | None, ...] = ()) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function.
 
     ``payload`` is the pickled job, or under ``fork`` the job itself, inherited;
     ``mark`` told the fork server's new process that it is ours
-    (``_console.WorkerMark``).
+    (``_console.WorkerMark``); ``visible``: each local rank's ``CUDA_VISIBLE_DEVICES``
+    (``_placement``), set before the job is unpickled: unpickling imports the
+    user's modules, which may ask CUDA for its devices.
     """
-    job: Job = (
-        payload if isinstance(payload, Job) else _transfer.receive(payload)
-    )  # fork: inherited
     who = Identity.from_env(os.environ)  # torch's variables for this rank; read once
     if who is None:
         raise RuntimeError("icelaunch's worker entrypoint runs only in a worker torch started")
+    early = visible[who.local_rank] if visible else None
+    _placement.narrow(early)
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _notify(
         job.notify_path, who.notice("up")
     )  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
-    _placement.place(job.spec, who.local_rank)  # its GPUs, CPUs and threads; before CUDA
+    if early is not None:
+        os.environ[_placement.CUDA_VISIBLE] = early  # what CUDA, if started, already saw
+    _placement.place(job.spec, who.local_rank, caller=job.env)  # GPUs, CPUs, threads
     bootstrap_common(who, job.report_dir)
     ctx = WorkerContext.from_env(job.spec, os.environ, who)
     set_current(ctx)
