@@ -99,6 +99,11 @@ PRIVATE: tuple[Private, ...] = (
         "_swap_data_ptr_",
         "moves a tensor's storage to shared memory in place (the chunked move)",
     ),
+    Private(
+        "torch.numa.binding",
+        "_maybe_apply_numa_binding_to_current_process",
+        "binds a worker to the CPUs near its GPU (numa_binding), after its GPUs are narrowed",
+    ),
 )
 
 #: torch agent methods that ``_engine/_agent.Agent`` overrides
@@ -259,3 +264,18 @@ def swap_to_shared(storage: Any, fd: int, nbytes: int) -> None:
     """
     shared = type(storage)._new_shared_fd_cpu(fd, nbytes)
     storage._swap_data_ptr_(shared)
+
+
+# --- NUMA binding ------------------------------------------------------------------------
+
+
+def bind_to_gpu_cpus(gpu_index: int, strategy: str) -> None:
+    """Bind every thread of this process to the CPUs torch's NUMA ``strategy`` picks for
+    GPU ``gpu_index`` (as this process sees it), as torchrun's ``--numa-binding`` does in
+    a worker; torch's own call in its worker wrapper would use the local rank before
+    icelaunch narrows ``CUDA_VISIBLE_DEVICES``.
+    """
+    from torch.numa import binding
+
+    options = binding.NumaOptions(affinity_mode=binding.AffinityMode(strategy))
+    binding._maybe_apply_numa_binding_to_current_process(gpu_index=gpu_index, numa_options=options)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _rundir
+from icelaunch import _placement, _rundir
 from icelaunch._errors import NotInWorkerError
 from icelaunch._loopback import LOOPBACK, loopback_store
 from icelaunch._rundir import Identity
@@ -102,7 +102,7 @@ class WorkerContext:
             restart_count=who.attempt,
             max_restarts=int(env["TORCHELASTIC_MAX_RESTARTS"]),
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
-            device_name=spec.devices[who.local_rank],
+            device_name=_placement.device_seen(spec, who.local_rank),
             dist_backend=spec.dist_backend,
             collective_timeout=spec.collective_timeout,
         )

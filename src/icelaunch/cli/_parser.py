@@ -86,6 +86,7 @@ METAVARS = {
     "hang_timeout": "SECONDS",
     "collective_timeout": "SECONDS",
     "shutdown_timeout": "SECONDS",
+    "numa_binding": "STRATEGY",
 }
 FUNCTION_ONLY = ("warm_start", "process_group")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
