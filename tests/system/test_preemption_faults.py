@@ -58,6 +58,7 @@ def train(out, save_s, fail_step):
             Path(out, f"ckpt-{attempt}-{rank}").write_text(str(step))
             return step
         if fail_step >= 0 and attempt == 0 and rank == 1 and step == fail_step:
+            Path(out, "failed").touch()
             raise RuntimeError("a failure, for a restart")
         t = torch.ones(1)
         dist.all_reduce(t)
@@ -131,7 +132,7 @@ def _plan(rng: random.Random, count: int) -> list[tuple[str, float, float, int]]
 
 def _check_checkpoints(out: Path, what: str) -> tuple[int, int | None]:
     """(attempt, the one step every checkpoint holds); fails on a lost or uneven one."""
-    attempt = max((int(p.name.split("-")[1]) for p in out.glob("pid-*")), default=0)
+    attempt = 1 if (out / "failed").exists() else 0  # the last attempt (max_restarts=1)
     steps = {int(p.name.split("-")[2]): int(p.read_text()) for p in out.glob(f"ckpt-{attempt}-*")}
     progressed = {int(p.name.split("-")[2]) for p in out.glob(f"step-{attempt}-*")}
     lost = progressed - set(steps)

@@ -146,6 +146,9 @@ class Agent(LocalElasticAgent):
         self._unlinked = False
         if self._watch is not None:
             self._watch.new_attempt()
+        if self._signals is not None:
+            self._signals.stopping = False  # a stop asked for while the last ones stopped
+            self._signals.raise_requested()  # (a restart) ends the launch: none is started
         if _torch_internals.start_method(self) == "forkserver":
             _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
         with _torch_internals.terminate_handler_deferred() as noted:  # none started unknown
@@ -154,10 +157,8 @@ class Agent(LocalElasticAgent):
             if self._signals is not None:
                 self._signals.install(self._forward)  # ours instead of torch's
         if self._signals is not None:
-            self._signals.stopping = False  # new workers: a stop signal stops them
             for sig in noted:
                 self._signals.deliver(sig)  # a stop raises SignalException here
-            self._signals.raise_requested()  # one that came while the last ones stopped
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:

@@ -94,6 +94,8 @@ _CHATTER = (
     "Sending process",
     "Unable to shutdown process",
     "failed (exitcode",
+    # from a thread: our workers die with the launcher all the same (_worker: tied to it)
+    "Failed to register signal handlers since torchelastic is running on a child thread",
 )
 _TORCH_FAILURE_LOGGERS = (
     "torch.distributed.elastic.multiprocessing.api",

@@ -160,7 +160,7 @@ def stopped_error(
 def stopped_by_signal(sig: signal.Signals, outcome: StopOutcome | None) -> LaunchStopped:
     """The :class:`LaunchStopped` for a stop ``sig`` asked for; how each rank ended."""
     if outcome is None or not outcome.exits:
-        text = f"the launch was stopped by {sig.name} before its workers ran"
+        text = f"the launch was stopped by {sig.name} before its workers ran (or restarted)"
         return LaunchStopped.of(text, int(sig))
     parts = []
     for what, ranks in _by_ending(outcome).items():
