@@ -1,0 +1,144 @@
+"""Console relay throughput: worker output through a terminal, against ``cat``.
+
+Each run is a fresh launcher process whose stdout and stderr are a raw
+pseudo-terminal (Python's ``pty``), read here as fast as it comes; its ranks wait
+for each other, then each writes its share of the bytes with ``os.write`` to its
+own terminal, which the relay reads, prefixes and writes to ours. The baseline is
+``cat`` of a file holding the same bytes, onto the same kind of terminal, read by
+the same loop. Throughput is the bytes the ranks wrote over the time from the
+first byte read to the last (the launch itself is not counted). Prints a
+markdown table; ``cat`` and the relay runs are interleaved so noise hits both.
+
+    python benchmarks/console.py [--repeats 3] [--mib 64] [--ranks 1,8]
+                                 [--line 0,100] [--json PATH]
+
+``--line 0`` is a flood without line ends (cut into prefixed chunks while ranks
+contend), ``--line 100`` lines of 100 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BLOCK = 1 << 16
+TIMEOUT_S = 300
+
+
+def payload(size: int, line: int, rank: int = 0) -> bytes:
+    """``size`` bytes a rank writes: one letter, with a line end every ``line`` bytes."""
+    letter = b"abcdefgh"[rank % 8 : rank % 8 + 1]
+    if not line:
+        return letter * size
+    one = letter * (line - 1) + b"\n"
+    return (one * (size // line + 1))[:size]
+
+
+def flood(launcher: Any, size: int, line: int) -> int:
+    """The job of every rank: wait for the others, then write ``size`` bytes."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    data = memoryview(payload(size, line, launcher.rank))
+    while data:
+        data = data[os.write(1, data[:BLOCK]) :]
+    return int(launcher.rank)
+
+
+def job(ranks: int, size: int, line: int) -> None:
+    from icelaunch import ElasticLauncher
+
+    launcher = ElasticLauncher(f"cpu:0-{ranks - 1}").freeze()
+    launcher(flood, launcher, size, line)
+
+
+def read_pty(argv: list[str]) -> dict[str, float]:
+    """Run ``argv`` on a raw terminal; bytes read, first and last read times."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # bytes pass unchanged, as for the relay's own terminals
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    first = last = 0.0
+    total = 0
+    try:
+        while True:
+            try:
+                data = os.read(master, 1 << 20)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            last = time.perf_counter()
+            first = first or last
+            total += len(data)
+    finally:
+        os.close(master)
+    if proc.wait(timeout=TIMEOUT_S) != 0:
+        raise RuntimeError(f"{argv} failed with {proc.returncode}")
+    return {"bytes": total, "seconds": last - first}
+
+
+def measure(ranks: int, mib: int, line: int, cat_file: str) -> dict[str, float]:
+    """One relay run and one ``cat`` run of the same bytes; MB/s of each."""
+    size = (mib << 20) // ranks
+    relay = read_pty([sys.executable, __file__, "job", str(ranks), str(size), str(line)])
+    cat = read_pty(["cat", cat_file])
+    moved = size * ranks
+    if relay["bytes"] < moved or cat["bytes"] != moved:
+        raise RuntimeError(f"bytes lost: wrote {moved}, relay {relay['bytes']}, cat {cat}")
+    return {"relay": moved / relay["seconds"] / 1e6, "cat": moved / cat["seconds"] / 1e6}
+
+
+def stat(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=64, help="MiB written in all, per run")
+    parser.add_argument("--ranks", default="1,8")
+    parser.add_argument("--line", default="0,100", help="line lengths (0: no line ends)")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args(argv)
+    rows = [
+        "| output | ranks | relay MB/s | cat MB/s | cat / relay |",
+        "|---|---|---|---|---|",
+    ]
+    results: dict[str, Any] = {}
+    for line in [int(x) for x in args.line.split(",")]:
+        for ranks in [int(x) for x in args.ranks.split(",")]:
+            size = (args.mib << 20) // ranks
+            with tempfile.NamedTemporaryFile(prefix="icelaunch-bench-") as fh:
+                for rank in range(ranks):
+                    fh.write(payload(size, line, rank))
+                fh.flush()
+                runs = [measure(ranks, args.mib, line, fh.name) for _ in range(args.repeats)]
+            relay, cat = [r["relay"] for r in runs], [r["cat"] for r in runs]
+            ratio = statistics.median(cat) / statistics.median(relay)
+            what = "no line ends" if not line else f"{line}-byte lines"
+            rows.append(f"| {what} | {ranks} | {stat(relay)} | {stat(cat)} | {ratio:.2f}x |")
+            results[f"{line}/{ranks}"] = runs
+            print(f"  console: {what}, {ranks} ranks done", file=sys.stderr)
+    print(f"console relay, {args.mib} MiB per run through a terminal, median (min-max):")
+    print("\n".join(rows))
+    if args.json_path:
+        with open(args.json_path, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["job"]:
+        job(*(int(x) for x in sys.argv[2:5]))
+    else:
+        main()
