@@ -77,7 +77,7 @@ def test_a_flood_without_line_ends_from_eight_ranks_is_shown_live_in_chunks() ->
     chunks, while little is held (the relay reads only as fast as it shows)."""
     size = 1 << 20
     out, most_held, live = _flood(8, size)
-    assert most_held <= 3 * CHUNK_BYTES, most_held
+    assert most_held < CHUNK_BYTES + PIECE, most_held  # after each pump: below a chunk
     assert live >= 8 * (size - 3 * CHUNK_BYTES), live
     assert _chunks_by_rank(out, 8) == {rank: _stream(rank, size) for rank in range(8)}
     lines = out.count(b"\n")

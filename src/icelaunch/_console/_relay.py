@@ -47,7 +47,7 @@ TAIL_BYTES = 1 << 16
 # before the catch-up began, but bounded while a leftover process goes on writing
 CATCH_UP_BYTES = 1 << 20
 _READ_SIZE = 1 << 16
-_READ_BUDGET = 1 << 18  # per stream and wake-up
+_READ_BUDGET = 1 << 16  # per stream and wake-up: about a chunk (see _screen)
 _HELLO_MAX = 4096
 
 #: file descriptors the relay holds; a worker forked from the launcher closes its copies
@@ -364,7 +364,7 @@ class Relay:
         got, ended = 0, False
         while got < budget:  # a terminal gives 4 KiB a read: one wake-up, many reads
             try:
-                data = os.read(stream.fd, _READ_SIZE)
+                data = os.read(stream.fd, min(_READ_SIZE, budget - got))
             except BlockingIOError:
                 break
             except OSError as exc:  # EIO: a terminal whose every writer has closed it

@@ -16,11 +16,12 @@ unmangled:
   that waited :data:`HOLD_S` with nothing more to read is shown too.
 - The hold is bounded, so a flood without line ends stays live: while others
   wait, an open line gives up the screen once :data:`CHUNK_BYTES` of it are
-  shown, or once another stream waited :data:`YIELD_S`; a waiting partial line
-  of :data:`CHUNK_BYTES` or one held :data:`YIELD_S` is shown as a chunk of its
-  own (with its prefix, on a line of its own, never cut inside a UTF-8
-  character). So no stream holds more than about two chunks, and the relay's
-  reads keep pace with the console.
+  shown, once another stream holds :data:`CHUNK_BYTES`, or once another stream
+  waited :data:`YIELD_S`; a waiting partial line of :data:`CHUNK_BYTES` or one
+  held :data:`YIELD_S` is shown as a chunk of its own (with its prefix, on a
+  line of its own, never cut inside a UTF-8 character). So after each pump no
+  stream holds more than :data:`CHUNK_BYTES`, and the relay's reads keep pace
+  with the console.
 
 "More to read" is asked of the stream itself (``Source.pending``), so a relay
 thread starved of CPU on a busy machine does not mistake a long line still
@@ -154,8 +155,8 @@ class Screen:
 
     def _yields(self, owner: Source, waiter: Source, now: float) -> bool:
         """Whether the open line of ``owner`` gives the screen to ``waiter`` now."""
-        if owner.run >= CHUNK_BYTES:
-            return True
+        if owner.run >= CHUNK_BYTES or len(waiter.held) >= CHUNK_BYTES:
+            return True  # the owner had a chunk, or the waiter holds one: bounded memory
         if owner.held or owner.pending():
             return False
         return now - owner.last_shown >= HOLD_S or now - waiter.held_since >= YIELD_S
