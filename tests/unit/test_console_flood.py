@@ -152,6 +152,20 @@ def test_a_long_line_while_another_rank_prints_is_cut_once_a_chunk_is_shown() ->
     assert rest.startswith(b"[0] x") and rest.count(b"\n") == 1
 
 
+def test_the_line_end_of_a_broken_line_is_not_shown_twice() -> None:
+    """A line ended early for another rank: its own ``\\n`` is not a blank line."""
+    shown: list[bytes] = []
+    screen = Screen()
+    slow, other = Source(b"[0] ", shown.append), Source(b"[1] ", shown.append)
+    screen.feed(slow, b"x" * (2 * CHUNK_BYTES), 0.0)
+    screen.pump(0.0)
+    screen.feed(other, b"hello\n", 0.0)
+    screen.pump(0.0)
+    screen.feed(slow, b"\nnext\n", 0.1)
+    screen.pump(0.1)
+    assert b"".join(shown) == b"[0] " + b"x" * (2 * CHUNK_BYTES) + b"\n[1] hello\n[0] next\n"
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_prefix_placement_matches_piece_by_piece(seed: int) -> None:
     """The regular-expression placement gives exactly what the piece loop gives."""

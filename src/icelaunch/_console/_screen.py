@@ -12,8 +12,9 @@ unmangled:
 - A line left open (a progress bar between redraws, a ``print(..., end="")``)
   keeps the screen while its stream has more to show, and for :data:`HOLD_S`
   after its last write; then the others' lines go first, on a new line, and
-  the open stream's next output starts with its prefix again. A partial line
-  that waited :data:`HOLD_S` with nothing more to read is shown too.
+  the open stream's next output starts with its prefix again (a ``\n`` that
+  ends the broken line is the one already shown). A partial line that waited
+  :data:`HOLD_S` with nothing more to read is shown too.
 - The hold is bounded, so a flood without line ends stays live: while others
   wait, an open line gives up the screen once :data:`CHUNK_BYTES` of it are
   shown, once another stream holds :data:`CHUNK_BYTES`, or once another stream
@@ -56,6 +57,7 @@ class Source:
         self.state = LINE  # see _text.place_prefixes
         self.open_line = False  # the screen's cursor is on a line this stream began
         self.run = 0  # bytes shown since this stream's last line end
+        self.broken = False  # its open line was ended for another: a \n next is shown
         self.last_shown = 0.0
         self.held_since = 0.0
         self._scanned = 0  # held[:_scanned] was searched for line ends
@@ -75,7 +77,9 @@ class Source:
         del self.held[:cut]
         self.run = cut - self._ends if self._ends else self.run + cut
         self._scanned, self._ends = len(self.held), 0
-        text, self.state = place_prefixes(data, self.prefix, self.state)
+        shown = data[1:] if self.broken and data[:1] == b"\n" else data
+        self.broken = False
+        text, self.state = place_prefixes(shown, self.prefix, self.state)
         if text:
             self.write(text)
         self.open_line = data[-1:] != b"\n"
@@ -121,6 +125,7 @@ class Screen:
             owner.open_line = False
             owner.state = LINE
             owner.run = 0
+            owner.broken = True
 
     def _turn(self, source: Source, now: float, final: bool) -> bool:
         cut = self._cut(source, now, final)
