@@ -5,9 +5,12 @@ pseudo-terminal (Python's ``pty``), read here as fast as it comes; its ranks wai
 for each other, then each writes its share of the bytes with ``os.write`` to its
 own terminal, which the relay reads, prefixes and writes to ours. The baseline is
 ``cat`` of a file holding the same bytes, onto the same kind of terminal, read by
-the same loop. Throughput is the bytes the ranks wrote over the time from the
-first byte read to the last (the launch itself is not counted). Prints a
-markdown table; ``cat`` and the relay runs are interleaved so noise hits both.
+the same loop. The floor is ``cat`` onto a terminal of a small Python forwarder
+that moves its bytes to ours as the relay does, without prefixes: what any relay
+that gives workers a terminal pays (a second terminal on the way). Throughput is
+the bytes written over the time from the first byte read to the last (the
+launch itself is not counted). Prints a markdown table; the runs are
+interleaved (relay, floor, cat, relay, ...) so noise hits all alike.
 
     python benchmarks/console.py [--repeats 3] [--mib 64] [--ranks 1,8]
                                  [--line 0,100] [--json PATH]
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -61,6 +65,38 @@ def job(ranks: int, size: int, line: int) -> None:
     launcher(flood, launcher, size, line)
 
 
+def forward(path: str) -> None:
+    """The floor of any relay that gives workers a terminal: ``cat path`` onto a
+    terminal of our own, its bytes moved to our stdout as they come (read as the
+    relay reads, written as the relay writes, no prefix)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    proc = subprocess.Popen(["cat", path], stdin=subprocess.DEVNULL, stdout=slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    out = sys.stdout.buffer
+    ended = False
+    while not ended:
+        select.select([master], [], [])
+        pieces: list[bytes] = []
+        got = 0
+        while got < BLOCK:
+            try:
+                data = os.read(master, BLOCK - got)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: cat closed its terminal
+                data = b""
+            if not data:
+                ended = True
+                break
+            pieces.append(data)
+            got += len(data)
+        out.write(b"".join(pieces))
+        out.flush()
+    proc.wait()
+
+
 def read_pty(argv: list[str]) -> dict[str, float]:
     """Run ``argv`` on a raw terminal; bytes read, first and last read times."""
     master, slave = os.openpty()
@@ -88,14 +124,18 @@ def read_pty(argv: list[str]) -> dict[str, float]:
 
 
 def measure(ranks: int, mib: int, line: int, cat_file: str) -> dict[str, float]:
-    """One relay run and one ``cat`` run of the same bytes; MB/s of each."""
+    """One run each of the relay, the floor and ``cat``, the same bytes; MB/s of each."""
     size = (mib << 20) // ranks
-    relay = read_pty([sys.executable, __file__, "job", str(ranks), str(size), str(line)])
-    cat = read_pty(["cat", cat_file])
     moved = size * ranks
-    if relay["bytes"] < moved or cat["bytes"] != moved:
-        raise RuntimeError(f"bytes lost: wrote {moved}, relay {relay['bytes']}, cat {cat}")
-    return {"relay": moved / relay["seconds"] / 1e6, "cat": moved / cat["seconds"] / 1e6}
+    found = {
+        "relay": read_pty([sys.executable, __file__, "job", str(ranks), str(size), str(line)]),
+        "floor": read_pty([sys.executable, __file__, "forward", cat_file]),
+        "cat": read_pty(["cat", cat_file]),
+    }
+    for name, run in found.items():
+        if run["bytes"] < moved or (name != "relay" and run["bytes"] != moved):
+            raise RuntimeError(f"bytes lost: wrote {moved}, {name} moved {run['bytes']}")
+    return {name: moved / run["seconds"] / 1e6 for name, run in found.items()}
 
 
 def stat(values: list[float]) -> str:
@@ -111,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     rows = [
-        "| output | ranks | relay MB/s | cat MB/s | cat / relay |",
-        "|---|---|---|---|---|",
+        "| output | ranks | relay MB/s | floor MB/s | cat MB/s | cat / relay | floor / relay |",
+        "|---|---|---|---|---|---|---|",
     ]
     results: dict[str, Any] = {}
     for line in [int(x) for x in args.line.split(",")]:
@@ -123,10 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     fh.write(payload(size, line, rank))
                 fh.flush()
                 runs = [measure(ranks, args.mib, line, fh.name) for _ in range(args.repeats)]
-            relay, cat = [r["relay"] for r in runs], [r["cat"] for r in runs]
-            ratio = statistics.median(cat) / statistics.median(relay)
+            relay, floor, cat = ([r[k] for r in runs] for k in ("relay", "floor", "cat"))
+            by_cat = statistics.median(cat) / statistics.median(relay)
+            by_floor = statistics.median(floor) / statistics.median(relay)
             what = "no line ends" if not line else f"{line}-byte lines"
-            rows.append(f"| {what} | {ranks} | {stat(relay)} | {stat(cat)} | {ratio:.2f}x |")
+            rows.append(
+                f"| {what} | {ranks} | {stat(relay)} | {stat(floor)} | {stat(cat)} "
+                f"| {by_cat:.2f}x | {by_floor:.2f}x |"
+            )
             results[f"{line}/{ranks}"] = runs
             print(f"  console: {what}, {ranks} ranks done", file=sys.stderr)
     print(f"console relay, {args.mib} MiB per run through a terminal, median (min-max):")
@@ -140,5 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["job"]:
         job(*(int(x) for x in sys.argv[2:5]))
+    elif sys.argv[1:2] == ["forward"]:
+        forward(sys.argv[2])
     else:
         main()
