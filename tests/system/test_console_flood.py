@@ -111,7 +111,9 @@ def _seen_by(marks: list[tuple[float, int]], moment: float) -> int:
     return max((n for t, n in marks if t <= moment), default=0)
 
 
-def _check_launch(out: bytes, start: int, end: int, done: dict[int, float], marks: list) -> str:
+def _check_launch(
+    out: bytes, start: int, end: int, done: dict[int, float], marks: list[tuple[float, int]]
+) -> str:
     """Check one launch's output (``out[start:end]``); a line of what was seen when."""
     by_rank: dict[int, list[bytes]] = {r: [] for r in range(RANKS)}
     placed: dict[int, list[tuple[int, int]]] = {r: [] for r in range(RANKS)}  # (offset, size)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from icelaunch._console._screen import Screen, Source
+from icelaunch._console._screen import CHUNK_BYTES, Screen, Source
 from icelaunch._console._sink import Sink, guard_forks
 from icelaunch._console._text import expand
 from icelaunch._rundir import PREFIX_TEMPLATE, read_hello, stderr_tail_path
@@ -47,7 +47,7 @@ TAIL_BYTES = 1 << 16
 # before the catch-up began, but bounded while a leftover process goes on writing
 CATCH_UP_BYTES = 1 << 20
 _READ_SIZE = 1 << 16
-_READ_BUDGET = 1 << 16  # per stream and wake-up: about a chunk (see _screen)
+_READ_BUDGET = CHUNK_BYTES  # per stream and wake-up, so a stream holds under two chunks
 _HELLO_MAX = 4096
 
 #: file descriptors the relay holds; a worker forked from the launcher closes its copies
