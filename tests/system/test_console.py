@@ -33,6 +33,7 @@ COLUMNS, ROWS = 100, 30
 PREFIX = "[rank0]: "
 # shutil.get_terminal_size() prefers these to the terminal; a shell rarely exports them
 ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+ENV["OMP_NUM_THREADS"] = "1"  # no torchrun-style warning about it among the ranks' lines
 
 
 # --- real launches ----------------------------------------------------------------------
