@@ -136,8 +136,8 @@ class Agent(LocalElasticAgent):
             self._watch.new_attempt()
         if _torch_internals.start_method(self) == "forkserver":
             _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
-        with _torch_internals.terminate_handler_deferred():  # none started but unknown to us
-            started: dict[int, Any] = super()._start_workers(worker_group)
+        with _torch_internals.terminate_handler_deferred(), _procs.semaphores_named_for_sweep():
+            started: dict[int, Any] = super()._start_workers(worker_group)  # none unknown to us
             self._workers = _procs.workers_of(_torch_internals.process_context(self))
         return started
 
