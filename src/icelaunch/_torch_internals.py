@@ -260,3 +260,9 @@ def swap_to_shared(storage: Any, fd: int, nbytes: int) -> None:
     """
     shared = type(storage)._new_shared_fd_cpu(fd, nbytes)
     storage._swap_data_ptr_(shared)
+
+
+def swap_storage(storage: Any, other: Any) -> None:
+    """Give ``storage`` the data of ``other`` (of the same size), in place: every tensor
+    viewing ``storage`` follows; its old memory is freed with ``other``."""
+    storage._swap_data_ptr_(other)
