@@ -235,6 +235,9 @@ def _check_rendezvous(spec: LaunchSpec) -> None:
             "the static rendezvous needs a fixed node count; use rdzv_backend='c10d' for a range",
             "'2'",
         )
+    if spec.max_nodes * spec.nproc_per_node > MAX_INT:
+        rule = f"{spec.nproc_per_node} workers per node make a world size past {MAX_INT}"
+        raise _bad("nnodes", _nnodes_text(spec), rule + " (torch's ranks are C ints)", "'2'")
     if spec.node_rank >= spec.max_nodes:
         raise _bad("node_rank", spec.node_rank, f"must be below nnodes ({spec.max_nodes})", "0")
     needs_endpoint = spec.rdzv_backend != "static" and not spec.standalone

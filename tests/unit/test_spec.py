@@ -155,6 +155,7 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_restarts": sys.maxsize}, ValueError, rf"max_restarts {sys.maxsize}: .* 2147483647"),
     ({"node_rank": 2**31}, ValueError, r"invalid node_rank 2147483648: .*at most 2147483647"),
     ({"nnodes": "1:99999999999"}, ValueError, r"needs 1 <= MIN <= MAX <= 2147483647"),
+    ({"devices": "cpu:0-1", "nnodes": "2147483647"}, ValueError, r"2 workers per node make a"),
     ({"omp_num_threads": 65536}, ValueError, r"omp_num_threads 65536: .*at most 4096"),
     ({"omp_num_threads": 2**40}, ValueError, r"omp_num_threads 1099511627776: .*at most 4096"),
     ({"master_port": 2**64}, ValueError, r"master_port 18446744073709551616: must be a TCP"),
