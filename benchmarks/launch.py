@@ -7,6 +7,10 @@ writes every sample.
 
     python benchmarks/launch.py [--repeats 3] [--sizes 1,4,8] [--json out.json]
                                 [--peers icelaunch,torchrun] [--scaling 0]
+                                [--no-interactive] [--no-console]
+
+Then, unless told not to, ``interactive.py`` (warm relaunch, large data, cold
+start) and ``console.py`` (worker output through a terminal, against ``cat``).
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--peers", default=",".join(PEERS), help="which to time")
     parser.add_argument("--no-interactive", dest="interactive", action="store_false")
+    parser.add_argument("--no-console", dest="console", action="store_false")
     args = parser.parse_args(argv)
     PEERS[:] = [p for p in PEERS if p in args.peers.split(",")]
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -179,6 +184,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import interactive
 
         interactive.main(["--repeats", str(args.repeats)])
+    if args.console:  # the console relay's throughput through a terminal, against cat
+        sys.path.insert(0, HERE)
+        import console
+
+        console.main(["--repeats", str(args.repeats)])
     return result
 
 

@@ -90,6 +90,16 @@ def cuda_device_count() -> int:
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
+def numa_strategies() -> tuple[str, ...]:
+    """torch's NUMA binding strategies (``torch.numa.binding.AffinityMode``); empty
+    where the installed torch has none. Tests replace this."""
+    try:
+        from torch.numa.binding import AffinityMode
+    except ImportError:
+        return ()
+    return tuple(mode.value for mode in AffinityMode)
+
+
 def cpu_count() -> int:
     """Number of CPU cores this process may run on."""
     try:
@@ -163,12 +173,43 @@ def _mpi_available() -> bool:
     return bool(dist.is_mpi_available())
 
 
-def resolve(spec: str, dist_backend: str = "auto") -> tuple[list[str], str]:
-    """Parse and resolve ``spec``; returns device names and the backend."""
+def visible_devices(
+    request: DeviceRequest, devices: list[str], ncuda: int
+) -> tuple[int, ...] | None:
+    """The GPUs (the caller's indices) a node's workers see, in spec order; None when
+    they see every GPU as the caller does.
+
+    Only a ``cuda:`` list that is not every GPU in order narrows: ``cuda``, ``auto``
+    and ``cuda:*`` leave the GPUs as they are (a single worker may use them all).
+    A GPU listed twice is seen once.
+
+    >>> visible_devices(parse_device_spec("cuda:3,1"), ["cuda:3", "cuda:1"], 8)
+    (3, 1)
+    >>> visible_devices(parse_device_spec("cuda:0-1"), ["cuda:0", "cuda:1"], 2) is None
+    True
+    """
+    if request.indices is None or not devices or not devices[0].startswith("cuda"):
+        return None
+    order = tuple(dict.fromkeys(int(d.partition(":")[2]) for d in devices))
+    return None if order == tuple(range(ncuda)) else order
+
+
+def resolve_node(
+    spec: str, dist_backend: str = "auto"
+) -> tuple[list[str], str, tuple[int, ...] | None]:
+    """Parse and resolve ``spec``: device names, the backend, and the GPUs the
+    workers see (:func:`visible_devices`)."""
     request = parse_device_spec(spec)
     ncuda = cuda_device_count() if request.kind != "cpu" else 0
     devices = resolve_devices(spec, request, ncuda)
-    return devices, choose_backend(spec, devices, dist_backend)
+    backend = choose_backend(spec, devices, dist_backend)
+    return devices, backend, visible_devices(request, devices, ncuda)
+
+
+def resolve(spec: str, dist_backend: str = "auto") -> tuple[list[str], str]:
+    """Parse and resolve ``spec``; returns device names and the backend."""
+    devices, backend, _ = resolve_node(spec, dist_backend)
+    return devices, backend
 
 
 def parse_devices(spec: str, dist_backend: str = "auto") -> tuple[list[torch.device], str]:

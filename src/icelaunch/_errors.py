@@ -3,12 +3,18 @@
 ::
 
     Exception
+    BaseException
+    ├── LaunchStopped                    a stop was asked for (a signal to the launcher):
+    │   │                                the ranks had shutdown_timeout to exit on their own
+    │   ├── (with KeyboardInterrupt)     for SIGINT (Ctrl-C)
+    │   └── (with SystemExit)            for any other signal: uncaught, the process exits
+    │                                    with 128 + the signal, silently
+    Exception
     ├── TypeError
     │   └── ConfigurableError            wrong use of a Configurable (too early, unknown name)
     │       └── FrozenError              changing a frozen Configurable
     ├── RuntimeError
     │   ├── NotInWorkerError             a worker-only property read outside a worker
-    │   ├── LaunchInterruptedError       SIGTERM, SIGHUP or SIGQUIT stopped a launch
     │   ├── PortBusyError                the rendezvous port is taken
     │   ├── RendezvousTimeoutError       not every node joined the rendezvous in time
     │   ├── RendezvousClosedError        the rendezvous of this rdzv_id is closed (a finished run)
@@ -23,6 +29,10 @@ before ``freeze()``, so ``hasattr`` keeps working on unfrozen configurables.
 """
 
 from __future__ import annotations
+
+import signal as _signal
+from collections.abc import Mapping
+from typing import Any
 
 
 class ConfigurableError(TypeError):
@@ -41,18 +51,83 @@ class NotInWorkerError(RuntimeError):
     """A worker-only property was read outside a worker process."""
 
 
-class LaunchInterruptedError(RuntimeError):
-    """A signal (SIGTERM, SIGHUP, SIGQUIT) stopped the launch; its workers were stopped.
+class LaunchStopped(BaseException):
+    """A stop was asked for while the launch ran (a signal to the launcher).
 
-    ``signal`` is the signal number.
+    The ranks got the signal (or, where they call ``stop_requested()``, the
+    request) and up to ``shutdown_timeout`` seconds to exit on their own; those
+    still running then were killed. Not an ``Exception``: like Ctrl-C, a stop is
+    not something a retry loop should swallow. The instance raised is also a
+    ``KeyboardInterrupt`` for SIGINT, and a ``SystemExit`` for every other signal,
+    whose ``code`` is ``exit_status`` (uncaught, the process exits with 128 + the
+    signal, as schedulers expect).
+
+    Attributes:
+        signal: the signal number that asked for the stop.
+        exits: global rank -> exit status of this node's ranks (negative: a signal).
+        killed_ranks: ranks still running when ``shutdown_timeout`` ran out (SIGKILL).
     """
 
-    def __init__(self, message: str, signal: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        signal: int,
+        exits: Mapping[int, int] | None = None,
+        killed_ranks: frozenset[int] = frozenset(),
+    ) -> None:
         super().__init__(message)
         self.signal = signal
+        self.exits = dict(exits or {})
+        self.killed_ranks = frozenset(killed_ranks)
 
-    def __reduce__(self) -> tuple[type, tuple[str, int]]:
-        return (type(self), (str(self), self.signal))
+    @classmethod
+    def of(
+        cls,
+        message: str,
+        signal: int,
+        exits: Mapping[int, int] | None = None,
+        killed_ranks: frozenset[int] = frozenset(),
+    ) -> LaunchStopped:
+        """The exception to raise for a stop by ``signal`` (its class depends on it)."""
+        kind = _Interrupted if signal == _signal.SIGINT else _Terminated
+        return kind(message, signal, exits, killed_ranks)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal: what a shell, SLURM or Kubernetes read as "stopped"."""
+        return 128 + self.signal
+
+    @property
+    def clean_ranks(self) -> frozenset[int]:
+        """The ranks whose process exited with status 0."""
+        return frozenset(r for r, code in self.exits.items() if code == 0)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (LaunchStopped.of, (str(self), self.signal, self.exits, self.killed_ranks))
+
+
+class _Interrupted(LaunchStopped, KeyboardInterrupt):
+    """:class:`LaunchStopped` by SIGINT (Ctrl-C)."""
+
+
+class _Terminated(LaunchStopped, SystemExit):
+    """:class:`LaunchStopped` by any other signal; ``code`` is the exit status."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.code = self.exit_status
+
+
+LaunchStopped.__module__ = "icelaunch"
+for _kind in (_Interrupted, _Terminated):
+    _kind.__module__ = "icelaunch"
+    _kind.__qualname__ = _kind.__name__ = "LaunchStopped"
+
+#: the name of :class:`LaunchStopped` before ``shutdown_timeout`` existed
+LaunchInterruptedError = LaunchStopped
 
 
 class PortBusyError(RuntimeError):

@@ -67,6 +67,9 @@ class ElasticLauncher(Configurable):
         hang_timeout: float | None = None,
         collective_timeout: float | None = None,
         process_group: bool = True,
+        shutdown_timeout: float = 30.0,
+        numa_binding: str | None = None,
+        virtual_local_rank: bool = False,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -96,6 +99,19 @@ class ElasticLauncher(Configurable):
                 every worker before calling the function. ``False`` leaves it to the
                 function (``dist.init_process_group("gloo")``, Ignite's
                 ``idist.Parallel``, ...), with the ``env://`` variables torchrun gives.
+            shutdown_timeout: seconds the ranks get to exit on their own when the
+                launcher is asked to stop (SIGTERM, Ctrl-C, SIGHUP, ...: a scheduler's
+                preemption) before they are killed; the call ends as soon as the last
+                rank is gone. The same signal again ends the grace at once. Stops
+                caused by a failing rank or a time limit do not wait (3 s).
+            numa_binding: bind each rank (all its threads) to the CPUs near its GPU with
+                one of torch's strategies (torchrun's ``--numa-binding``): ``node``,
+                ``socket``, ``exclusive``, ``core-complex`` (as the installed torch
+                offers them; needs numactl). None: a rank may run on every CPU the
+                launcher may.
+            virtual_local_rank: every rank sees only its own GPU, as ``cuda:0``, and
+                ``LOCAL_RANK=0`` (torchrun's ``--virtual-local-rank``). False: the ranks
+                of a node see the node's GPUs and ``LOCAL_RANK`` is their index.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

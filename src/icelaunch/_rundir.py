@@ -20,6 +20,10 @@ A launch's files::
         +-- logs/                                    log files without a log_dir
         +-- worker-env.json                          what a script's worker adds to its
                                                      environment (the command door)
+        +-- stop                                     a stop was asked for: the signal's
+                                                     name (the launcher; read by
+                                                     stop_requested() in the ranks)
+        +-- polling-A-L                              the rank calls stop_requested()
 
 ``A`` is the attempt (restart count), ``L`` the local rank.
 """
@@ -41,11 +45,27 @@ RUN_DIR_ENV = "ICELAUNCH_RUN_DIR"  # the run folder, for launched scripts
 CONSOLE_ENV = "ICELAUNCH_CONSOLE"  # the console relay's abstract socket
 MARK_ENV = "ICELAUNCH_JOB_MARK"  # inherited by every process of one launch
 SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"  # torch's agent reads it (torchrun sets it)
+LAUNCHER_PID_ENV = "ICELAUNCH_LAUNCHER_PID"  # a script's worker dies with this process
 AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"  # torch's agent: its store hosts the group
 _ATTEMPT_ENV = "TORCHELASTIC_RESTART_COUNT"  # torch's agent: the attempt of a worker
 
 #: the signals that stop a launch (torch's agent handles them; workers get SIGTERM)
 STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+#: signals whose default action would end the launcher: handled as a stop too, where
+#: the caller left them at their default (SIGPIPE: Python ignores it unless told not to)
+OTHER_STOP_SIGNALS: tuple[str, ...] = (
+    "SIGALRM",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGPWR",
+    "SIGSTKFLT",
+    "SIGIO",
+    "SIGPIPE",
+)
+#: signals passed on to every rank while the launch goes on (SLURM's preemption notice)
+FORWARDED_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2")
 #: the signal a rank answers with its Python stacks (faulthandler, from C). A real-time
 #: one: SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption) and torch's own
 #: fatal-signal handler; glibc keeps the two below SIGRTMIN.
@@ -72,7 +92,16 @@ def uses_agent_store(env: Mapping[str, str]) -> bool:
 
 def stop_signals() -> frozenset[signal.Signals]:
     """:data:`STOP_SIGNALS` as signal numbers (those this platform has)."""
-    return frozenset(getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name))
+    return signal_numbers(STOP_SIGNALS)
+
+
+def signal_numbers(names: tuple[str, ...]) -> frozenset[signal.Signals]:
+    """``names`` as signal numbers (those this platform has).
+
+    >>> sorted(s.name for s in signal_numbers(("SIGUSR1", "SIGNOSUCH")))
+    ['SIGUSR1']
+    """
+    return frozenset(getattr(signal, name) for name in names if hasattr(signal, name))
 
 
 def check_template(template: object) -> str:
@@ -137,6 +166,17 @@ def script_env_path(run_dir: str) -> str:
     return os.path.join(run_dir, "worker-env.json")
 
 
+def stop_path(run_dir: str) -> str:
+    """The file whose existence says a stop was asked for (it holds the signal's name)."""
+    return os.path.join(run_dir, "stop")
+
+
+def polling_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """The file whose existence says a rank calls ``stop_requested()`` (and that a
+    signal it gets is noted, not its end)."""
+    return os.path.join(run_dir, f"polling-{attempt}-{local_rank}")
+
+
 def report_path(run_dir: str, attempt: int, local_rank: int) -> str:
     """Where a worker writes its failure report for one attempt."""
     return os.path.join(run_dir, f"{report_prefix(attempt)}{local_rank}{REPORT_SUFFIX}")
@@ -182,6 +222,19 @@ def crash_path(run_dir: str, attempt: int, local_rank: int) -> str:
 def stderr_tail_path(run_dir: str, attempt: int, local_rank: int) -> str:
     """The file the launcher keeps a failed rank's last stderr bytes in."""
     return os.path.join(run_dir, f"stderr-{attempt}-{local_rank}.log")
+
+
+def catches_signal(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` now (``SigCgt`` in its status):
+    exact, and it changes at ``exec``, which resets handlers."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def start_time(pid: int) -> str | None:

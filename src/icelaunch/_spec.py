@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
@@ -72,6 +73,11 @@ class LaunchSpec:
     hang_timeout: float | None = None
     collective_timeout: float | None = None
     process_group: bool = True
+    shutdown_timeout: float = 30.0
+    numa_binding: str | None = None
+    virtual_local_rank: bool = False
+    #: the GPUs (the caller's indices) this node's workers see, in order; None: all
+    visible_devices: tuple[int, ...] | None = None
 
     @property
     def nproc_per_node(self) -> int:
@@ -203,6 +209,16 @@ def _positive_seconds(name: str, value: object, example: str, or_none: str) -> f
     return seconds
 
 
+def _grace(value: object) -> float:
+    """``shutdown_timeout``: zero or a positive, finite number of seconds."""
+    _require_type("shutdown_timeout", value, (int, float), "120")
+    seconds = float(cast(float, value))
+    if not 0 <= seconds < float("inf"):
+        rule = "must be zero or a positive, finite number of seconds"
+        raise _bad("shutdown_timeout", value, rule, "120")
+    return seconds
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -258,7 +274,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         TypeError: a value has the wrong type.
     """
     a = arguments
-    devices, backend = _devices.resolve(a["devices"], a["dist_backend"])
+    devices, backend, visible = _devices.resolve_node(a["devices"], a["dist_backend"])
     min_nodes, max_nodes = parse_nnodes(a["nnodes"])
     _require_type("standalone", a["standalone"], (bool,), "True")
     spec = LaunchSpec(
@@ -289,8 +305,15 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         hang_timeout=_seconds("hang_timeout", a.get("hang_timeout"), "300"),
         collective_timeout=_seconds("collective_timeout", a.get("collective_timeout"), "600"),
         process_group=_typed("process_group", a.get("process_group", True), bool, "False"),
+        shutdown_timeout=_grace(a.get("shutdown_timeout", 30.0)),
+        numa_binding=_numa_binding(a.get("numa_binding"), a["devices"], devices),
+        virtual_local_rank=_typed(
+            "virtual_local_rank", a.get("virtual_local_rank", False), bool, "True"
+        ),
+        visible_devices=visible,
     )
     _check_rendezvous(spec)
+    _check_shared_numa(spec)
     return spec
 
 
@@ -322,6 +345,47 @@ def parse_ranks_filter(value: object, nproc: int) -> tuple[int, ...] | None:
     return tuple(sorted(ranks))
 
 
+def _numa_binding(value: object, spec: object, devices: list[str]) -> str | None:
+    """torch's NUMA strategy for every rank (``node``, ``socket``, ...), or None."""
+    if value is None:
+        return None
+    text = _typed("numa_binding", value, str, "'node'").strip()
+    strategies = _devices.numa_strategies()
+    if text not in strategies:
+        import torch
+
+        have = f"one of {', '.join(strategies)}" if strategies else "None: it has no NUMA binding"
+        rule = f"the installed torch {torch.__version__} offers {have}"
+        raise _bad("numa_binding", value, rule, repr(strategies[0]) if strategies else "None")
+    if not devices[0].startswith("cuda"):
+        raise ValueError(
+            f"invalid numa_binding {value!r} for devices {spec!r}: it binds each rank to the "
+            f"CPUs near its GPU, and CPU workers have no GPU; drop numa_binding or give GPUs, "
+            f"e.g. devices='cuda:0-3', numa_binding='node'"
+        )
+    if shutil.which("numactl") is None:
+        raise _bad(
+            "numa_binding",
+            value,
+            "torch's NUMA binding needs the numactl command, which is not on PATH; install "
+            "it (e.g. apt-get install numactl) or leave numa_binding unset",
+            "None",
+        )
+    return text
+
+
+def _check_shared_numa(spec: LaunchSpec) -> None:
+    """``exclusive`` and ``core-complex`` share a NUMA node's cores among the GPUs a rank
+    sees; with ``virtual_local_rank`` each rank sees one, and would get them all."""
+    if spec.virtual_local_rank and spec.numa_binding in ("exclusive", "core-complex"):
+        raise ValueError(
+            f"invalid numa_binding {spec.numa_binding!r} with virtual_local_rank=True: it "
+            f"shares a NUMA node's cores among the GPUs each rank sees, and each rank sees "
+            f"only its own, so the shares would overlap; use numa_binding='node' (or "
+            f"'socket'), or drop virtual_local_rank"
+        )
+
+
 def _str(name: str, value: object) -> str:
     value = _typed(name, value, str, "'127.0.0.1:29400'")
     return value.strip()
@@ -337,6 +401,7 @@ def spec_from_json(text: str) -> LaunchSpec:
     data = json.loads(text)
     data["devices"] = tuple(data["devices"])
     data["rdzv_configs"] = tuple(tuple(pair) for pair in data["rdzv_configs"])
-    if data.get("local_ranks_filter") is not None:
-        data["local_ranks_filter"] = tuple(data["local_ranks_filter"])
+    for name in ("local_ranks_filter", "visible_devices"):
+        if data.get(name) is not None:
+            data[name] = tuple(data[name])
     return LaunchSpec(**data)

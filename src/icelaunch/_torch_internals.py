@@ -99,6 +99,11 @@ PRIVATE: tuple[Private, ...] = (
         "_swap_data_ptr_",
         "moves a tensor's storage to shared memory in place (the chunked move)",
     ),
+    Private(
+        "torch.numa.binding",
+        "_maybe_apply_numa_binding_to_current_process",
+        "binds a worker to the CPUs near its GPU (numa_binding), after its GPUs are narrowed",
+    ),
 )
 
 #: torch agent methods that ``_engine/_agent.Agent`` overrides
@@ -116,13 +121,14 @@ AGENT_OVERRIDES = (
 
 
 @contextlib.contextmanager
-def terminate_handler_deferred() -> Iterator[None]:
-    """Hold back torch's stop-signal exception until the block (starting workers) ends.
+def terminate_handler_deferred() -> Iterator[list[int]]:
+    """Hold back torch's stop-signal exception while the block (starting workers) runs.
 
     torch installs its handler, which raises ``SignalException``, just before it
     starts the workers; raised half-way, the workers already started would be
-    known to nobody. Inside the block a signal is only noted; torch's own handler
-    is back in place, and raises for a noted signal, when the block ends.
+    known to nobody. Inside the block a signal is only noted, in the list the
+    block gets; afterwards torch's own handler is back where the block left the
+    noting one, and the caller acts on what was noted.
     """
     import torch.distributed.elastic.multiprocessing.api as torch_mp_api
 
@@ -134,15 +140,13 @@ def terminate_handler_deferred() -> Iterator[None]:
 
     torch_mp_api._terminate_process_handler = note  # type: ignore[assignment]
     try:
-        yield
+        yield noted
     finally:
         torch_mp_api._terminate_process_handler = original
         for sig in signal.valid_signals():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 if signal.getsignal(sig) is note:
                     signal.signal(sig, original)
-    if noted:
-        original(noted[0], None)
 
 
 def worker_handles(pcontext: Any) -> list[tuple[int, int, Any]]:
@@ -266,3 +270,18 @@ def swap_storage(storage: Any, other: Any) -> None:
     """Give ``storage`` the data of ``other`` (of the same size), in place: every tensor
     viewing ``storage`` follows; its old memory is freed with ``other``."""
     storage._swap_data_ptr_(other)
+
+
+# --- NUMA binding ------------------------------------------------------------------------
+
+
+def bind_to_gpu_cpus(gpu_index: int, strategy: str) -> None:
+    """Bind every thread of this process to the CPUs torch's NUMA ``strategy`` picks for
+    GPU ``gpu_index`` (as this process sees it), as torchrun's ``--numa-binding`` does in
+    a worker; torch's own call in its worker wrapper would use the local rank before
+    icelaunch narrows ``CUDA_VISIBLE_DEVICES``.
+    """
+    from torch.numa import binding
+
+    options = binding.NumaOptions(affinity_mode=binding.AffinityMode(strategy))
+    binding._maybe_apply_numa_binding_to_current_process(gpu_index=gpu_index, numa_options=options)

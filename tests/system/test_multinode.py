@@ -78,6 +78,47 @@ def test_c10d_two_nodes_form_one_job(tmp_path: Path) -> None:
         assert info["rdzv_id"] == "c10d-pair"
 
 
+def _check_uneven_world(by_node: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Node "three" runs cpu:0-2 and node "one" cpu:0: one world of 4, each node's
+    ranks contiguous (whichever group rank it got), local ranks 0..n-1 per node."""
+    assert sorted(r for result in by_node.values() for r in result) == [0, 1, 2, 3]
+    for name, count in (("three", 3), ("one", 1)):
+        result = by_node[name]
+        (group_rank,) = {info["group_rank"] for info in result.values()}
+        first = 0 if group_rank == 0 else 4 - count
+        assert sorted(result) == list(range(first, first + count))
+        for rank, info in result.items():
+            assert info["local_rank"] == rank - first
+            assert info["local_world_size"] == count
+            assert (info["world_size"], info["group_world_size"]) == (4, 2)
+            assert info["sum"] == 1 + 2 + 3 + 4
+
+
+@pytest.mark.timeout(90)
+def test_c10d_nodes_with_different_device_counts_form_one_world(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    common = {"nnodes": "2", "rdzv_backend": "c10d", "rdzv_endpoint": endpoint, "rdzv_id": "odd"}
+    nodes = [
+        start_node(tmp_path, "three", devices="cpu:0-2", **common),
+        start_node(tmp_path, "one", devices="cpu:0", **common),
+    ]
+    results, _ = results_of(nodes, RESULT_TIMEOUT_S)
+    _check_uneven_world(dict(zip(["three", "one"], results, strict=True)))
+
+
+@pytest.mark.timeout(90)
+def test_static_nodes_with_different_device_counts_form_one_world(tmp_path: Path) -> None:
+    common = {"nnodes": "2", "master_port": free_port(), "rdzv_id": "odd-static"}
+    nodes = [
+        start_node(tmp_path, "one", devices="cpu:0", node_rank=1, **common),
+        start_node(tmp_path, "three", devices="cpu:0-2", node_rank=0, **common),
+    ]
+    results, _ = results_of(nodes, RESULT_TIMEOUT_S)
+    by_node = dict(zip(["one", "three"], results, strict=True))
+    _check_uneven_world(by_node)
+    assert sorted(by_node["three"]) == [0, 1, 2]  # node rank 0 holds the first ranks
+
+
 @pytest.mark.timeout(120)
 def test_c10d_survivor_continues_after_a_node_is_killed(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 LAUNCHER_SCRIPT = """
 import os, signal, sys, time
 from pathlib import Path
-from icelaunch import ElasticLauncher
+from icelaunch import ElasticLauncher, LaunchStopped
 
 def worker(launcher, pid_dir, stubborn):
     if stubborn:
@@ -36,12 +36,15 @@ def worker(launcher, pid_dir, stubborn):
     time.sleep(600)
 
 if __name__ == "__main__":
-    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
+    launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5, shutdown_timeout=2).freeze()
     try:
         launcher(worker, launcher, sys.argv[1], sys.argv[2] == "stubborn")
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt raised in the caller", flush=True)
-        sys.exit(130)
+    except LaunchStopped as stop:
+        print(f"stopped: {stop}", flush=True)
+        if isinstance(stop, KeyboardInterrupt):
+            print("KeyboardInterrupt raised in the caller", flush=True)
+            sys.exit(130)
+        raise
 """
 
 
@@ -98,11 +101,17 @@ def test_sigint_stops_workers_and_raises_keyboard_interrupt(tmp_path: Path, stub
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_stop_workers_then_apply_default(tmp_path: Path, sig: int) -> None:
+def test_sigterm_and_sighup_stop_workers_then_exit_with_128_plus_the_signal(
+    tmp_path: Path, sig: int
+) -> None:
+    """Stubborn ranks (SIGTERM ignored) are killed when shutdown_timeout (2 s) runs out and
+    named; an uncaught LaunchStopped ends the program with 128 + the signal."""
     proc, pids = _start_launcher(tmp_path, stubborn=True)
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -sig  # the caller's default disposition: terminate
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, out
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    assert "ranks 0, 1 still running at the end of the grace, killed (SIGKILL)" in out
     _gone_within(pids, 5)
 
 

@@ -24,6 +24,7 @@ LEVELS = {
     "_console": 3,
     "_diagnosis": 3,
     "_transfer": 3,
+    "_placement": 3,
     "_spec": 2,
     "_devices": 1,
     "_errors": 1,
@@ -32,7 +33,7 @@ LEVELS = {
     "_rundir": 1,
     "_torch_internals": 1,
 }
-FOLDERS = ("_console", "_diagnosis", "_engine", "_transfer", "_worker", "cli")
+FOLDERS = ("_console", "_diagnosis", "_engine", "_placement", "_transfer", "_worker", "cli")
 
 
 def _module_name(path: Path) -> str:

@@ -241,3 +241,16 @@ def test_torch_storage_swap_in_place() -> None:
     fd, nbytes = _torch_internals.share_fd(plain)
     assert nbytes == 4 * MB and os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:test-")
     assert plain.data_ptr() == address
+
+
+def test_torch_numa_binding_of_the_current_process_takes_a_gpu_and_options() -> None:
+    """The binding numa_binding makes in a worker once its GPUs are narrowed."""
+    from torch.numa import binding
+
+    parameters = inspect.signature(binding._maybe_apply_numa_binding_to_current_process).parameters
+    assert {n: p.kind for n, p in parameters.items()} == {
+        "gpu_index": inspect.Parameter.KEYWORD_ONLY,
+        "numa_options": inspect.Parameter.KEYWORD_ONLY,
+    }
+    options = binding.NumaOptions(affinity_mode=binding.AffinityMode("node"))
+    assert options.should_fall_back_if_binding_fails is False  # a failed binding raises

@@ -116,6 +116,10 @@ PET_CASES = [
     ({"PET_NNODES": "2", "PET_MASTER_PORT": "29500"}, [], {"max_nodes": 2}),
     ({"PET_REDIRECTS": "3", "PET_TEE": "1"}, [], {"redirects": "3", "tee": "1"}),
     ({"PET_LOCAL_RANKS_FILTER": "0"}, [], {"local_ranks_filter": (0,)}),
+    ({"PET_VIRTUAL_LOCAL_RANK": "1"}, [], {"virtual_local_rank": True}),
+    ({"PET_VIRTUAL_LOCAL_RANK": "0"}, [], {"virtual_local_rank": False}),
+    ({}, ["--virtual-local-rank"], {"virtual_local_rank": True}),
+    ({}, ["--virtual_local_rank"], {"virtual_local_rank": True}),
 ]
 
 
@@ -147,7 +151,6 @@ def test_pet_switches_pick_the_command(script: Path, no_pet: pytest.MonkeyPatch)
         ({"PET_MAX_RESTARTS": "many"}, "PET_MAX_RESTARTS='many': must be int"),
         ({"PET_STANDALONE": "yes"}, "PET_STANDALONE='yes': must be 0 or 1"),
         ({"PET_LOGS_SPECS": "mine"}, "PET_LOGS_SPECS='mine' asks for --logs-specs"),
-        ({"PET_VIRTUAL_LOCAL_RANK": "1"}, "asks for --virtual-local-rank is not supported"),
     ],
 )
 def test_bad_or_refused_pet_variables_are_named(
@@ -159,9 +162,24 @@ def test_bad_or_refused_pet_variables_are_named(
         parse([str(script)])
 
 
-def test_pet_virtual_local_rank_off_is_fine(script: Path, no_pet: pytest.MonkeyPatch) -> None:
-    no_pet.setenv("PET_VIRTUAL_LOCAL_RANK", "0")
-    parse([str(script)])
+@pytest.mark.parametrize("spelling", ["--numa-binding", "--numa_binding"])
+def test_numa_binding_reaches_the_spec_where_gpus_and_numactl_are(
+    spelling: str, script: Path, no_pet: pytest.MonkeyPatch
+) -> None:
+    from icelaunch import _devices, _spec
+
+    no_pet.setattr(_devices, "cuda_device_count", lambda: 8)
+    no_pet.setattr(_spec.shutil, "which", lambda name: f"/usr/bin/{name}")
+    argv = ["--devices", "cuda:4-7", spelling, "socket", str(script)]
+    spec = parse(argv).spec
+    assert (spec.numa_binding, spec.visible_devices) == ("socket", (4, 5, 6, 7))
+
+
+def test_numa_binding_for_cpu_workers_is_refused_with_the_reason(
+    script: Path, no_pet: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="CPU workers have no GPU"):
+        parse(["--devices", "cpu:0-1", "--numa-binding", "node", str(script)])
 
 
 def test_local_addr_goes_to_the_rendezvous(script: Path, no_pet: pytest.MonkeyPatch) -> None:

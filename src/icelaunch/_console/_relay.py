@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from icelaunch._console._screen import Screen, Source
+from icelaunch._console._screen import CHUNK_BYTES, Screen, Source
 from icelaunch._console._sink import Sink, guard_forks
 from icelaunch._console._text import expand
 from icelaunch._rundir import PREFIX_TEMPLATE, read_hello, stderr_tail_path
@@ -42,7 +42,12 @@ DRAIN_TIMEOUT_S = 2.0  # after the launch, for output held open by a worker's le
 JOIN_TIMEOUT_S = 5.0
 MIN_COLUMNS = 20  # a worker's terminal is never narrower, however long the prefix
 TAIL_BYTES = 1 << 16
+# what a catch-up reads of one stream at most: far more than the kernel holds between a
+# worker and the relay (a pipe's 64 KiB, a terminal's buffers), so all a worker wrote
+# before the catch-up began, but bounded while a leftover process goes on writing
+CATCH_UP_BYTES = 1 << 20
 _READ_SIZE = 1 << 16
+_READ_BUDGET = CHUNK_BYTES  # per stream and wake-up, so a stream holds under two chunks
 _HELLO_MAX = 4096
 
 #: file descriptors the relay holds; a worker forked from the launcher closes its copies
@@ -93,10 +98,16 @@ class Relay:
         routes: Routes,
         stdout: IO[Any] | None = None,
         stderr: IO[Any] | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
+        """``on_closed``: called when the launcher's stdout or stderr is a pipe whose
+        reader went away."""
         self.address = address
         self._routes = routes
-        self._sinks = {"stdout": Sink(stdout or sys.stdout), "stderr": Sink(stderr or sys.stderr)}
+        self._sinks = {
+            "stdout": Sink(stdout or sys.stdout, on_closed),
+            "stderr": Sink(stderr or sys.stderr, on_closed),
+        }
         screens: dict[tuple[Any, ...], Screen] = {}
         self._screens = {
             name: screens.setdefault(sink.key, Screen()) for name, sink in self._sinks.items()
@@ -257,8 +268,7 @@ class Relay:
         with self._syncs_lock:
             waiting, self._syncs = self._syncs, []
         for stream in list(self._streams):
-            while stream in self._streams and self._read(stream):
-                pass
+            self._read(stream, CATCH_UP_BYTES)  # bounded: a stream may still be flooding
         self._pump(time.monotonic(), final=True)
         for done in waiting:
             done.set()
@@ -353,19 +363,32 @@ class Relay:
         self._selector.register(read_end, selectors.EVENT_READ, lambda k: self._read(stream))
         return write_end
 
-    def _read(self, stream: _Stream) -> bool:
-        """Read what is there (at most one chunk); False at the stream's current end."""
-        try:
-            data = os.read(stream.fd, _READ_SIZE)
-        except BlockingIOError:
-            return False
-        except OSError as exc:  # EIO: a terminal whose every writer has closed it
-            if exc.errno != errno.EIO:
-                logger.debug("reading worker output failed: %s", exc)
-            data = b""
-        if not data:
+    def _read(self, stream: _Stream, budget: int = _READ_BUDGET) -> int:
+        """Read what is there, up to about ``budget`` bytes; how many (0: nothing now,
+        or the stream ended and is dropped)."""
+        pieces: list[bytes] = []
+        got, ended = 0, False
+        while got < budget:  # a terminal gives 4 KiB a read: one wake-up, many reads
+            try:
+                data = os.read(stream.fd, min(_READ_SIZE, budget - got))
+            except BlockingIOError:
+                break
+            except OSError as exc:  # EIO: a terminal whose every writer has closed it
+                if exc.errno != errno.EIO:
+                    logger.debug("reading worker output failed: %s", exc)
+                data = b""
+            if not data:
+                ended = True
+                break
+            pieces.append(data)
+            got += len(data)
+        if got:
+            self._deliver(stream, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if ended:
             self._drop(stream)
-            return False
+        return got
+
+    def _deliver(self, stream: _Stream, data: bytes) -> None:
         if stream.log is not None:
             stream.log.write(data)
         if stream.tail is not None:
@@ -373,7 +396,6 @@ class Relay:
             del stream.tail[:-TAIL_BYTES]
         if stream.source is not None and stream.screen is not None:
             stream.screen.feed(stream.source, data, time.monotonic())
-        return True
 
     def _drop(self, stream: _Stream) -> None:
         self._streams.discard(stream)

@@ -34,8 +34,11 @@ class Sink:
     """Writes worker bytes to one of the launcher's streams (a file, a terminal, a
     notebook's stream object), and says what a worker stream for it should be."""
 
-    def __init__(self, stream: IO[Any]) -> None:
+    def __init__(self, stream: IO[Any], on_closed: Callable[[], None] | None = None) -> None:
+        """``on_closed``: called (once) when the stream's reader went away (EPIPE: the
+        ``head`` of ``icelaunch ... | head -1`` exited)."""
         self.stream = stream
+        self._on_closed = on_closed
         self._binary: IO[bytes] | None = getattr(stream, "buffer", None)
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
         fd = self._fd = _fileno(stream)
@@ -61,15 +64,23 @@ class Sink:
         return lambda data: self.write(data, decode)
 
     def write(self, data: bytes, decode: Callable[[bytes], str] | None = None) -> None:
-        """Write ``data`` now; a console that went away is ignored (the files go on)."""
+        """Write ``data`` now. A pipe whose reader went away calls ``on_closed`` (the
+        launch stops, as a shell user expects of ``| head``); other errors of a console
+        that went away are ignored (the log files go on)."""
         with _WRITING, contextlib.suppress(OSError, ValueError):
-            if self._binary is not None:
-                self.stream.flush()
-                self._binary.write(data)
-                self._binary.flush()
-            else:
-                self.stream.write((decode or self._decode)(data))
-                self.stream.flush()
+            try:
+                if self._binary is not None:
+                    self.stream.flush()
+                    self._binary.write(data)
+                    self._binary.flush()
+                else:
+                    self.stream.write((decode or self._decode)(data))
+                    self.stream.flush()
+            except BrokenPipeError:
+                on_closed, self._on_closed = self._on_closed, None
+                if on_closed is not None:
+                    on_closed()
+                raise
 
 
 def _fileno(stream: IO[Any]) -> int | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import select
 import signal
 import socket
@@ -17,6 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from icelaunch import _rundir, _torch_internals
 from icelaunch._diagnosis import Watch
 from icelaunch._engine import _forkserver, _procs, _stop
+from icelaunch._engine._signals import LaunchSignals, StopOutcome, is_stop
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ class Agent(LocalElasticAgent):
         mark: _stop.JobMark | None = None,
         watch: Watch | None = None,
         run_dir: str = "",
+        signals: LaunchSignals | None = None,
+        shutdown_timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -106,6 +111,9 @@ class Agent(LocalElasticAgent):
         mark: the environment mark of the launch's processes, for the stop path.
         watch: time limits and stacks at every stop (icelaunch._diagnosis).
         run_dir: the launch attempt's run folder, where ranks leave their stacks.
+        signals: the launch's signal handling (stops asked for, forwards).
+        shutdown_timeout: seconds the ranks get to exit on their own after a stop
+            someone asked for (a signal), before SIGKILL.
         """
         super().__init__(**kwargs)
         self._listener = listener
@@ -127,6 +135,10 @@ class Agent(LocalElasticAgent):
         self._unlinked = False  # the names of this attempt's semaphores are removed
         #: every value is taken; the workers end on their own until :meth:`finish`
         self.finishing = False
+        self._signals = signals
+        self._grace_s = shutdown_timeout
+        #: after a stop asked for by a signal: how the ranks ended
+        self.stop_outcome: StopOutcome | None = None
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt(self.restarts_used_of(worker_group))
@@ -134,11 +146,22 @@ class Agent(LocalElasticAgent):
         self._unlinked = False
         if self._watch is not None:
             self._watch.new_attempt()
+        if self._signals is not None:
+            self._signals.stopping = False  # a stop asked for while the last ones stopped
+            self._signals.raise_requested()  # (a restart) ends the launch: none is started
         if _torch_internals.start_method(self) == "forkserver":
             _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
-        with _torch_internals.terminate_handler_deferred(), _procs.semaphores_named_for_sweep():
-            started: dict[int, Any] = super()._start_workers(worker_group)  # none unknown to us
+        with (
+            _torch_internals.terminate_handler_deferred() as noted,  # none started unknown
+            _procs.semaphores_named_for_sweep(),
+        ):
+            started: dict[int, Any] = super()._start_workers(worker_group)
             self._workers = _procs.workers_of(_torch_internals.process_context(self))
+            if self._signals is not None:
+                self._signals.install(self._forward)  # ours instead of torch's
+        if self._signals is not None:
+            for sig in noted:
+                self._signals.deliver(sig)  # a stop raises SignalException here
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
@@ -148,7 +171,10 @@ class Agent(LocalElasticAgent):
         bound = self._poll_interval
         if self._watch is not None:
             bound = self._watch.wait_bound(bound)
-        self._listener.wait(live + values, bound)
+        wake = [self._signals.fileno()] if self._signals is not None else []
+        self._listener.wait(live + values + wake, bound)
+        if self._signals is not None:
+            self._signals.raise_requested()  # a stop asked for from a thread
         self._note_exits()
         if self._watch is not None:
             self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
@@ -246,19 +272,22 @@ class Agent(LocalElasticAgent):
         self._stop(signal.SIGTERM, _SETTLE_S if failed else 0.0)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
-        """The end of a run, or a signal to the launcher: stop at once; after a
-        success the engine calls :meth:`finish` instead, later."""
+        """The end of a run, or a signal to the launcher: a stop someone asked for gets
+        ``shutdown_timeout`` of grace, anything else stops at once; after a success
+        the engine calls :meth:`finish` instead, later."""
         if self.finishing:
             return
-        self._stop(death_sig, 0.0)
+        if self._signals is not None and self._signals.requested is not None:
+            self._stop_asked(self._signals.requested)
+        else:
+            self._stop(death_sig, 0.0)
 
     @staticmethod
     def _first_signal(death_sig: signal.Signals) -> int:
-        """What workers get first: SIGTERM for the launcher's usual stop signals (they
+        """What workers get first: SIGTERM for the launcher's stop signals (they
         lead sessions of their own: a Ctrl-C at the terminal reaches the launcher
-        only); a signal chosen with torchrun's ``--signals-to-handle`` (e.g. SIGUSR1)
-        is passed on as it is, as torchrun does."""
-        return signal.SIGTERM if death_sig in _USUAL_STOP_SIGNALS else death_sig
+        only); another signal (e.g. SIGUSR1 from ``--signals-to-handle``) as it is."""
+        return signal.SIGTERM if is_stop(death_sig) else death_sig
 
     def _stop(self, death_sig: signal.Signals, settle_s: float) -> None:
         """Stop the workers our way, then let torch close its process context.
@@ -268,6 +297,8 @@ class Agent(LocalElasticAgent):
         Workers that failed on their own (before the stop, or during it of something
         else than the stop's signals) are kept in :attr:`own_failures`.
         """
+        if self._signals is not None:
+            self._signals.stopping = True  # a stop signal now only notes itself
         if self._workers:
             self._note_exits()
             self._take_stacks(
@@ -287,6 +318,86 @@ class Agent(LocalElasticAgent):
             self._workers = []
         # workers are gone: torch only closes its process context
         _torch_internals.close_process_context(super()._shutdown, death_sig)
+
+    def _stop_asked(self, sig: signal.Signals) -> None:
+        """A stop someone asked for: the ranks get ``sig`` (or, where they call
+        ``stop_requested()``, the request) and ``shutdown_timeout`` to exit on their
+        own; those still running then are killed, with everything the workers started.
+        """
+        signals = self._signals
+        assert signals is not None
+        signals.stopping = True
+        signals.drain()  # from now on, a new stop signal cuts the grace short
+        group = _torch_internals.worker_group(self)
+        outcome = StopOutcome(sig, self._grace_s)
+        self.stop_outcome = outcome
+        if self._workers:
+            self._write_stop_file(sig)
+            if self._reports_done:
+                _procs.release_workers(_torch_internals.process_context(self))
+            asked = self._to_signal()
+            logger.warning(
+                "%s: stopping; the ranks have up to %s s to exit on their own "
+                "(shutdown_timeout; the same signal again stops them now)",
+                sig.name,
+                f"{self._grace_s:g}",
+            )
+            first = self._first_signal(sig)
+            left = _stop.ask_to_stop(self._workers, first, asked, self._grace_s, signals.fileno())
+            outcome.cut_short = bool(left) and _readable(signals.fileno())
+            outcome.killed = {group.workers[w.local_rank].global_rank for w in left}
+            self._stop(signal.SIGKILL if left else sig, 0.0)
+            outcome.exits = {
+                group.workers[r].global_rank: code for r, (code, _) in sorted(self.exits.items())
+            }
+        else:
+            _torch_internals.close_process_context(super()._shutdown, sig)
+
+    def _write_stop_file(self, sig: signal.Signals) -> None:
+        """Tell the ranks' ``stop_requested()`` (they look for this file)."""
+        path = _rundir.stop_path(self._run_dir)
+        try:
+            with open(path + ".tmp", "w") as fh:
+                fh.write(sig.name)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            logger.debug("could not write %s", path, exc_info=True)
+
+    def _polling(self) -> set[int]:
+        """The pids of the workers that call ``stop_requested()`` (their signals are noted)."""
+        return {
+            w.pid
+            for w in self._workers
+            if os.path.exists(_rundir.polling_path(self._run_dir, self.attempt, w.local_rank))
+        }
+
+    def _to_signal(self) -> set[int]:
+        """Which workers get the signal: those that call ``stop_requested()``, or every one
+        if none does (as torchrun). A worker that does not call it yet while others do is
+        left alone: it sees the request at its first call."""
+        polling = self._polling()
+        return polling if polling else {w.pid for w in self._workers}
+
+    def _forward(self, sig: signal.Signals) -> None:
+        """A forwarded signal (SIGUSR1, ...): to every rank that handles it (every rank
+        notes SIGUSR1 and SIGUSR2 from its bootstrap on, unless it chose otherwise: a
+        rank is never ended by a notice), and ``stop_requested()`` turns True; the
+        launch goes on."""
+        self._write_stop_file(sig)  # also for workers that start later (a restart)
+        if not self._workers:
+            return
+        group = _torch_internals.worker_group(self)
+        sent = []
+        for w in self._workers:
+            if not w.dead() and _rundir.catches_signal(w.pid, sig):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(w.pid, sig)
+                    sent.append(group.workers[w.local_rank].global_rank)
+        logger.warning(
+            "%s passed on to %s; the launch goes on (stop_requested() is now True)",
+            sig.name,
+            f"ranks {', '.join(map(str, sent))}" if sent else "no rank (none handles it)",
+        )
 
     def _running(self, worker_group: WorkerGroup) -> dict[int, int]:
         """Global rank -> pid of the workers that have neither returned nor died."""
@@ -350,3 +461,7 @@ class Agent(LocalElasticAgent):
         # (tens of ms on return), for the default handler, which drops them
         if _torch_internals.worker_group(self).spec.event_log_handler != "null":
             super()._record_worker_events(result)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
@@ -23,6 +25,7 @@ from icelaunch._engine import (
     _rendezvous,
     _report,
     _setup,
+    _signals,
     _stores,
     _teardown,
     _waiting,
@@ -33,6 +36,8 @@ from icelaunch._spec import LaunchSpec
 
 if TYPE_CHECKING:
     from icelaunch._engine._launch import Target
+
+logger = logging.getLogger(__name__)
 
 
 def run_attempt(
@@ -79,7 +84,9 @@ def _run_agent(
     the run (the agent's :meth:`Agent.finish`, the relay, the rendezvous).
     """
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, _rundir.LOGS_DIR))
-    relay = _console.Relay(target.console, _logs.routes(spec, logs))
+    signals = _signals.LaunchSignals(_signals.chosen_signals(os.environ))
+    closed = functools.partial(signals.request, signal.SIGPIPE)  # `icelaunch ... | head`
+    relay = _console.Relay(target.console, _logs.routes(spec, logs), on_closed=closed)
     watch = _report.watch_for(spec)
     agent = Agent(
         listener=listener,
@@ -92,6 +99,8 @@ def _run_agent(
         mark=target.mark,
         watch=watch,
         run_dir=run_dir,
+        signals=signals,
+        shutdown_timeout=spec.shutdown_timeout,
         log_line_prefix_template=_rundir.PREFIX_TEMPLATE,
     )
     shutdown_rdzv = True
@@ -116,10 +125,14 @@ def _run_agent(
         return dict(sorted(result.return_values.items()))
     except _diagnosis.Stopped as stop:
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
-    except SignalException:
+    except SignalException as exc:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
         _report.print_interrupted(watch)
-        raise
+        stopped = _report.stopped_by_signal(exc.sigval, agent.stop_outcome)
+        logger.warning("%s", stopped)  # said once, also where it ends the program uncaught
+        raise stopped from None
+    finally:
+        signals.restore()  # the call ends here, even when its teardown goes on
 
 
 def _reimports_main(spec: LaunchSpec, target: Target) -> bool:

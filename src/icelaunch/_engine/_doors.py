@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from icelaunch import _console, _hints, _rundir, _transfer, _worker
+from icelaunch import _console, _hints, _placement, _rundir, _transfer, _worker
 from icelaunch._engine import _forkserver, _stop
 from icelaunch._engine._launch import Target, run_launch
 from icelaunch._spec import LaunchSpec, spec_to_json
@@ -31,6 +31,8 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         WorkerFailedError: workers failed and no restart was left.
         KeyboardInterrupt: the launching process got SIGINT.
     """
+    placements = _placement.check_launch(spec, os.environ)  # a hidden GPU fails here
+    visible = tuple(p.visible for p in placements)  # set before a worker unpickles its job
     name = getattr(fn, "__qualname__", None) or repr(fn)
     console = _console.new_address()
     mark = _stop.JobMark.new()
@@ -45,7 +47,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
         if spec.start_method == "fork":  # forked workers inherit the job: nothing is pickled
             return Target(name, _worker.run, (job,), True, mark, console)
         sent.append(_payload(name, job))
-        marked = (sent[-1].payload, _console.WorkerMark())  # the mark: see _console._early
+        marked = (sent[-1].payload, _console.WorkerMark(), visible)  # mark: _console._early
         return Target(name, _worker.run, marked, True, mark, console)
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
@@ -82,6 +84,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     Raises:
         WorkerFailedError: workers failed and no restart was left.
     """
+    _placement.check_launch(spec, os.environ)
     name = " ".join(argv)
     console = _console.new_address()
     mark = _stop.JobMark.new()
@@ -92,7 +95,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
             _rundir.SPEC_ENV: spec_json,
             _rundir.RUN_DIR_ENV: run_dir,  # where the scripts leave their stacks
             _rundir.CONSOLE_ENV: console,
-            "OMP_NUM_THREADS": str(spec.omp_num_threads),  # unless the worker has one
+            _rundir.LAUNCHER_PID_ENV: str(os.getpid()),  # the rank dies with it
         }
         env_file = _rundir.script_env_path(run_dir)
         with open(env_file, "w") as fh:

@@ -15,40 +15,49 @@ from icelaunch import _rundir
 
 @contextlib.contextmanager
 def restored_process_state() -> Iterator[None]:
-    """Put back the caller's signal handlers and environment, whatever happens."""
-    saved_env = dict(os.environ)
+    """Put back the caller's signal handlers, whatever happens (torch's agent installs
+    its own when it starts workers; ``_signals`` puts ours in their place)."""
     handlers = {}
     chosen = os.environ.get(_rundir.SIGNALS_ENV, "")  # torchrun's --signals-to-handle
-    for name in (*_rundir.STOP_SIGNALS, *(n.strip() for n in chosen.split(",") if n.strip())):
+    names = (
+        *_rundir.STOP_SIGNALS,
+        *_rundir.OTHER_STOP_SIGNALS,
+        *_rundir.FORWARDED_SIGNALS,
+        *(n.strip() for n in chosen.split(",") if n.strip()),
+    )
+    for name in names:
         sig = getattr(signal, name, None)
         if sig is not None:
-            handlers[sig] = signal.getsignal(sig)
+            with contextlib.suppress(ValueError, OSError):
+                handlers[sig] = signal.getsignal(sig)
     try:
         yield
     finally:
         for sig, handler in handlers.items():
-            with contextlib.suppress(ValueError, TypeError):  # not the main thread
-                signal.signal(sig, handler)
-        if os.environ != saved_env:
-            os.environ.clear()
-            os.environ.update(saved_env)
+            with contextlib.suppress(ValueError, TypeError, OSError):  # not the main thread
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
-def respect_ignored_signals() -> None:
-    """Tell torch's agent not to handle a signal the caller ignores (``SIG_IGN``).
-
-    A job started in the background ignores SIGINT; torch would otherwise install
-    its handler and stop the launch on a Ctrl-C meant for the foreground.
-    Call inside :func:`restored_process_state`, which puts the environment back.
-    """
-    if _rundir.SIGNALS_ENV in os.environ:
-        return  # the user chose
-    names = [
-        name
-        for name in _rundir.STOP_SIGNALS
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN
-    ]
-    os.environ[_rundir.SIGNALS_ENV] = ",".join(names)
+@contextlib.contextmanager
+def carried(variables: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment for the block, then put each
+    back as it was, unless something else changed it meanwhile (another launch in
+    another thread): only what this launch set is undone, nothing else is touched."""
+    before = {name: os.environ.get(name) for name, _ in variables}
+    for name, value in variables:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in variables:
+            if os.environ.get(name) != value:
+                continue
+            old = before[name]
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 @contextlib.contextmanager
@@ -85,6 +94,8 @@ _CHATTER = (
     "Sending process",
     "Unable to shutdown process",
     "failed (exitcode",
+    # from a thread: our workers die with the launcher all the same (_worker: tied to it)
+    "Failed to register signal handlers since torchelastic is running on a child thread",
 )
 _TORCH_FAILURE_LOGGERS = (
     "torch.distributed.elastic.multiprocessing.api",

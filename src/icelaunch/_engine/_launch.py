@@ -17,12 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torch.distributed.elastic.multiprocessing.api import SignalException
-
 from icelaunch._engine import _hygiene, _ports, _setup, _stop, _teardown
 from icelaunch._engine._attempt import run_attempt
 from icelaunch._engine._failures import WorkerFailedError
-from icelaunch._errors import LaunchInterruptedError, PortBusyError
+from icelaunch._errors import LaunchStopped, PortBusyError
 from icelaunch._spec import LaunchSpec
 
 logger = logging.getLogger(__name__)
@@ -61,13 +59,12 @@ def run_launch(spec: LaunchSpec, target: Callable[[str], Target]) -> dict[int, A
                 _hygiene.no_torch_temp_files(),
                 _hygiene.torch_logs_without_tracebacks(),
             ):
-                _hygiene.respect_ignored_signals()
                 values = _launch_with_port_retry(spec, target, job_dir, later)
             if _private_rendezvous(spec):
                 _teardown.defer(later.pop_all(), name=spec.role)
             return values
-    except SignalException as exc:
-        _redeliver(exc.sigval)  # the caller's own handlers are back in place now
+    except LaunchStopped as stop:
+        _redeliver(signal.Signals(stop.signal))  # the caller's own handlers are back now
         raise
 
 
@@ -84,19 +81,16 @@ def _private_rendezvous(spec: LaunchSpec) -> bool:
 
 
 def _redeliver(sig: signal.Signals) -> None:
-    """Let the caller's own disposition of ``sig`` act, now that the workers are stopped.
+    """Let the caller's own handler of ``sig`` run, now that the workers are stopped.
 
-    SIGINT becomes KeyboardInterrupt; other signals are raised again, so their default
-    action (ending the process) or the caller's handler applies; if that returns,
-    LaunchInterruptedError says what happened.
+    At the default disposition nothing more happens: the ``LaunchStopped`` raised
+    next ends the program with 128 + ``sig`` (or as Ctrl-C for SIGINT) if uncaught.
     """
-    if sig == signal.SIGINT:
-        raise KeyboardInterrupt
+    handler = signal.getsignal(sig)
+    if not callable(handler) or handler is signal.default_int_handler:
+        return
     with contextlib.suppress(ValueError):  # not the main thread: nothing to re-raise to
         signal.raise_signal(sig)
-    raise LaunchInterruptedError(
-        f"the launch was stopped by {sig.name}; all of its workers were stopped", int(sig)
-    )
 
 
 def _launch_with_port_retry(
@@ -110,9 +104,8 @@ def _launch_with_port_retry(
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
-        os.environ.update(this.inherited)  # the caller's environment is put back after
         try:
-            with _port_errors(port):
+            with _hygiene.carried(this.inherited), _port_errors(port):
                 return run_attempt(spec, this, run_dir, port, later)
         except PortBusyError:
             if not chosen:

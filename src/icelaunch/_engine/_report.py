@@ -21,8 +21,17 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from icelaunch import _diagnosis, _rundir
 from icelaunch._diagnosis import Stopped, Watch
 from icelaunch._engine import _failures
+from icelaunch._engine._signals import StopOutcome
+from icelaunch._errors import LaunchStopped
 
-__all__ = ["describe", "failed_error", "print_interrupted", "stopped_error", "watch_for"]
+__all__ = [
+    "describe",
+    "failed_error",
+    "print_interrupted",
+    "stopped_by_signal",
+    "stopped_error",
+    "watch_for",
+]
 
 _STDERR_TAIL_LINES = 20
 
@@ -146,6 +155,44 @@ def stopped_error(
     return _failures.LaunchTimeoutError(
         name, failures, details, {}, stacks=stacks, reason=stop.reason, why=stop.message
     )
+
+
+def stopped_by_signal(sig: signal.Signals, outcome: StopOutcome | None) -> LaunchStopped:
+    """The :class:`LaunchStopped` for a stop ``sig`` asked for; how each rank ended."""
+    if outcome is None or not outcome.exits:
+        text = f"the launch was stopped by {sig.name} before its workers ran (or restarted)"
+        return LaunchStopped.of(text, int(sig))
+    parts = []
+    for what, ranks in _by_ending(outcome).items():
+        parts.append(f"{_ranks_text(ranks)} {what}")
+    grace = f"shutdown_timeout={outcome.grace_s:g} s"
+    text = f"the launch was stopped by {sig.name} (grace: {grace}): " + "; ".join(parts)
+    if outcome.killed and outcome.cut_short:
+        text += f" (a second {sig.name} ended the grace)"
+    return LaunchStopped.of(text, int(sig), outcome.exits, frozenset(outcome.killed))
+
+
+def _by_ending(outcome: StopOutcome) -> dict[str, list[int]]:
+    """Ranks grouped by how they ended: exited on their own, ended by a signal, killed."""
+    groups: dict[str, list[int]] = {}
+    for rank, code in sorted(outcome.exits.items()):
+        if rank in outcome.killed:
+            what = "still running at the end of the grace, killed (SIGKILL)"
+        elif code == 0:
+            what = "exited on their own (status 0)"
+        elif code < 0:
+            what = f"ended by {_signal_name(code)}"
+        else:
+            what = f"exited with status {code}"
+        groups.setdefault(what, []).append(rank)
+    return groups
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    """``rank 2`` or ``ranks 0, 1, 3``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    return "ranks " + ", ".join(str(r) for r in ranks)
 
 
 def print_interrupted(watch: Watch | None) -> None:

@@ -87,6 +87,39 @@ def stop_workers(
     return sent
 
 
+def ask_to_stop(
+    workers: Sequence[WorkerProcess],
+    sig: int,
+    asked: Iterable[int],
+    grace_s: float,
+    cut_short_fd: int | None = None,
+) -> list[WorkerProcess]:
+    """A stop someone asked for: send ``sig`` to the ``asked`` worker processes (the
+    processes only, as torchrun and Kubernetes do: what a rank started is its own
+    business while it saves its work), and wait until every worker has exited, up to
+    ``grace_s`` or until ``cut_short_fd`` is readable (a second Ctrl-C).
+
+    Returns the workers still running then; :func:`stop_workers` ends them and
+    whatever the workers started.
+    """
+    chosen = set(asked)
+    for w in workers:
+        if w.pid in chosen and not w.dead():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(w.pid, sig)
+    deadline = time.monotonic() + grace_s
+    while True:
+        pending = [w.pidfd for w in workers if not w.dead()]
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        extra = [cut_short_fd] if cut_short_fd is not None else []
+        readable = select.select([*pending, *extra], [], [], left)[0]
+        if cut_short_fd is not None and cut_short_fd in readable:
+            break
+    return [w for w in workers if not w.dead()]
+
+
 def _signal(pid: int, sig: int) -> None:
     """Send ``sig`` to ``pid``'s process group if it leads one (else to the process)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

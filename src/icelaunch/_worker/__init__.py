@@ -5,6 +5,8 @@ Data flow::
     a launched function (torch's entrypoint _run.run):
       payload --_transfer.receive--> Job; Identity.from_env (read once); "up" to the agent
       tied to the launcher; the launcher's environment taken (Job.env)
+      _placement.place: CUDA_VISIBLE_DEVICES narrowed, LOCAL_RANK, OMP_NUM_THREADS,
+                        NUMA binding (before CUDA and user code)
       _bootstrap.bootstrap_common: console attach (fds 1, 2 relayed),
                                    diagnosis (stack signal, crash file)
       WorkerContext (current()) --> join_process_group (loopback store for one
@@ -14,7 +16,7 @@ Data flow::
 
     a script (python -m icelaunch._worker._script --env-file F COMMAND...):
       F's variables set (spec, run folder, console); Identity.from_env (read once,
-      kept for current()); _bootstrap.bootstrap_common as above
+      kept for current()); _placement.place and _bootstrap.bootstrap_common as above
       COMMAND run in this process (runpy) or exec'd; the script calls
       icelaunch.init_process_group() itself; its exit status is the result
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icelaunch import _rundir
+from icelaunch import _placement, _rundir
 from icelaunch._errors import NotInWorkerError
 from icelaunch._loopback import LOOPBACK, loopback_store
 from icelaunch._rundir import Identity
@@ -58,6 +58,26 @@ class WorkerContext:
 
         return torch.device(self.device_name)
 
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for: True on every rank at the same call.
+
+        Once the launcher is asked to stop (SIGTERM, Ctrl-C, ...: the ranks then
+        have ``shutdown_timeout`` seconds) or passes on a preemption notice
+        (SIGUSR1, SIGUSR2), or a rank itself gets one of those signals. Call it
+        once per step on every rank; it costs one all_reduce of one integer (gloo).
+        From the first call on, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 (where at
+        their default action) no longer end this rank: it decides when to exit::
+
+            for step in range(start, steps):
+                train_step()
+                if icelaunch.current().stop_requested():
+                    save_checkpoint(step)
+                    break
+        """
+        from icelaunch._worker import _stopping
+
+        return _stopping.requested(self)
+
     @classmethod
     def from_env(
         cls, spec: LaunchSpec, env: Mapping[str, str], who: Identity | None = None
@@ -82,7 +102,7 @@ class WorkerContext:
             restart_count=who.attempt,
             max_restarts=int(env["TORCHELASTIC_MAX_RESTARTS"]),
             rdzv_id=env["TORCHELASTIC_RUN_ID"],
-            device_name=spec.devices[who.local_rank],
+            device_name=_placement.device_seen(spec, who.local_rank),
             dist_backend=spec.dist_backend,
             collective_timeout=spec.collective_timeout,
         )

@@ -9,7 +9,6 @@ report (``_rundir.report_path``) for the launcher to read.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import pickle
@@ -25,19 +24,17 @@ from dataclasses import dataclass
 from multiprocessing import util
 from typing import Any
 
-from icelaunch import _diagnosis, _rundir, _transfer
+from icelaunch import _diagnosis, _placement, _rundir, _transfer
 from icelaunch._rundir import Identity
 from icelaunch._spec import LaunchSpec
 from icelaunch._worker import _user_group
-from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch._worker._bootstrap import bootstrap_common, die_with_parent
 from icelaunch._worker._context import (
     WorkerContext,
     destroy_process_group,
     join_process_group,
     set_current,
 )
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -54,24 +51,31 @@ class Job:
     env: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
 
-def run(payload: bytes | Job, mark: object = None) -> Any:
+def run(payload: bytes | Job, mark: object = None, visible: tuple[str | None, ...] = ()) -> Any:
     """Worker entrypoint: set up the context and process group, run the user function.
 
     ``payload`` is the pickled job, or under ``fork`` the job itself, inherited;
     ``mark`` told the fork server's new process that it is ours
-    (``_console.WorkerMark``).
+    (``_console.WorkerMark``); ``visible``: each local rank's ``CUDA_VISIBLE_DEVICES``
+    (``_placement``), set before the job is unpickled: unpickling imports the
+    user's modules, which may ask CUDA for its devices.
     """
-    job: Job = (
-        payload if isinstance(payload, Job) else _transfer.receive(payload)
-    )  # fork: inherited
     who = Identity.from_env(os.environ)  # torch's variables for this rank; read once
     if who is None:
         raise RuntimeError("icelaunch's worker entrypoint runs only in a worker torch started")
+    early = visible[who.local_rank] if visible else None
+    _placement.narrow(early)
+    job: Job = (
+        payload if isinstance(payload, Job) else _transfer.receive(payload)
+    )  # fork: inherited
     _notify(
         job.notify_path, who.notice("up")
     )  # this process opened torch's queues: names not needed
     _tie_to_parent(job)
     _take_parent_environment(job.env)
+    if early is not None:
+        os.environ[_placement.CUDA_VISIBLE] = early  # what CUDA, if started, already saw
+    _placement.place(job.spec, who.local_rank, caller=job.env)  # GPUs, CPUs, threads
     bootstrap_common(who, job.report_dir)
     ctx = WorkerContext.from_env(job.spec, os.environ, who)
     set_current(ctx)
@@ -127,13 +131,11 @@ def _tie_to_parent(job: Job) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _rundir.stop_signals())  # held by a forking launcher
     with contextlib.suppress(OSError):  # already a session leader
         os.setsid()  # what this worker starts can be found and stopped (_engine/_stop.py)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if job.forked_by_server:
+        die_with_parent(os.getppid())  # the fork server's child
         _watch_launcher(job.parent_pid)  # our parent is the fork server, not the launcher
-    elif os.getppid() != job.parent_pid:
-        os._exit(1)  # the launcher died before the line above took effect
+    else:
+        die_with_parent(job.parent_pid)
 
 
 def _watch_launcher(pid: int) -> None:
@@ -188,11 +190,6 @@ def _prepare_process(spec: LaunchSpec) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        os.environ["OMP_NUM_THREADS"] = str(spec.omp_num_threads)
-        torch.set_num_threads(spec.omp_num_threads)
 
 
 def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
@@ -211,7 +208,8 @@ def _run_in_group(job: Job, ctx: WorkerContext) -> Any:
             _user_group.prefix_env_rendezvous(ctx.restart_count)
         _mark_started(job, ctx)
         result = job.fn(*job.args)
-        return _sendable(job.fn, ctx, result)
+        with _placement.in_launcher_numbering(job.spec, ctx.local_rank):
+            return _sendable(job.fn, ctx, result)
     return None  # the function called sys.exit(0)
 
 

@@ -18,8 +18,8 @@ import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from icelaunch import _rundir
-from icelaunch._worker._bootstrap import bootstrap_common
+from icelaunch import _placement, _rundir
+from icelaunch._worker._bootstrap import bootstrap_common, die_with_parent
 from icelaunch._worker._context import set_identity
 
 _OWN_FILE = os.path.abspath(__file__)
@@ -79,9 +79,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         _take_environment(args[1])
         args = args[2:]
     how = plan(args)
+    launcher = os.environ.get(_rundir.LAUNCHER_PID_ENV, "")
+    if launcher.isdigit():
+        die_with_parent(int(launcher))  # no rank outlives a launcher killed with -9
     who = _rundir.Identity.from_env(os.environ)  # read once
     if who is not None:
         set_identity(who)
+        _place(who)
     bootstrap_common(who, os.environ.get(_rundir.RUN_DIR_ENV))
     if how.kind == "exec":
         sys.stdout.flush()
@@ -102,13 +106,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _take_environment(path: str) -> None:
-    """Set the launcher's variables for this worker; ``OMP_NUM_THREADS`` only if unset."""
+    """Set the launcher's variables for this worker."""
     with open(path) as fh:
         env: dict[str, str] = json.load(fh)
-    threads = env.pop("OMP_NUM_THREADS", None)
     os.environ.update(env)
-    if threads is not None:
-        os.environ.setdefault("OMP_NUM_THREADS", threads)
+
+
+def _place(who: _rundir.Identity) -> None:
+    """The rank's GPUs, CPUs and threads (``_placement``), before the script runs."""
+    text = os.environ.get(_rundir.SPEC_ENV)
+    if text is not None:
+        from icelaunch._spec import spec_from_json
+
+        _placement.place(spec_from_json(text), who.local_rank)
 
 
 def _is_zip(path: str) -> bool:

@@ -54,7 +54,7 @@ def _main(argv: list[str]) -> int:
 def run(invocation: Invocation) -> int:
     """Launch the command in every worker of this node; return the exit status."""
     from icelaunch import _engine
-    from icelaunch._errors import LaunchInterruptedError, PortBusyError
+    from icelaunch._errors import LaunchStopped, PortBusyError
 
     try:
         with _signals_handled(invocation.signals_to_handle):
@@ -62,9 +62,8 @@ def run(invocation: Invocation) -> int:
     except _engine.WorkerFailedError as err:
         print(err, file=sys.stderr)
         return EXIT_TIMEOUT if isinstance(err, TimeoutError) else exit_status(err.first.exitcode)
-    except LaunchInterruptedError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 128 + err.signal
+    except LaunchStopped as stop:  # SIGTERM, Ctrl-C, ...: 128 + the signal (said already)
+        return stop.exit_status
     except PortBusyError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1

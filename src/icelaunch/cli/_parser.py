@@ -57,6 +57,8 @@ HELP = {
     "judged hung (stacks shown, workers stopped)",
     "collective_timeout": "seconds a collective waits for its peers before it raises "
     "(init_process_group's timeout; gloo and nccl)",
+    "shutdown_timeout": "seconds the workers get to exit on their own when the command is "
+    "asked to stop (SIGTERM, Ctrl-C, ...), before SIGKILL (default 30)",
 }
 ALIASES = {"rdzv_configs": ("--rdzv-conf", "--rdzv_conf"), "redirects": ("-r",), "tee": ("-t",)}
 METAVARS = {
@@ -83,6 +85,8 @@ METAVARS = {
     "timeout": "SECONDS",
     "hang_timeout": "SECONDS",
     "collective_timeout": "SECONDS",
+    "shutdown_timeout": "SECONDS",
+    "numa_binding": "STRATEGY",
 }
 FUNCTION_ONLY = ("warm_start", "process_group")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
@@ -120,7 +124,9 @@ examples:
 exit status:
   0 when every worker succeeds; else the exit code of the first worker to fail
   (128+N when signal N killed it) with the failure report on stderr; 2 for
-  usage errors; 124 when --timeout or --hang-timeout stopped it; 130 on Ctrl-C.
+  usage errors; 124 when --timeout or --hang-timeout stopped it; 128+N when
+  signal N asked it to stop (130 on Ctrl-C, 143 on SIGTERM: the workers had
+  --shutdown-timeout seconds to exit on their own).
 
 while a launch runs:
   icelaunch stacks [PID]   the Python stacks of its workers, grouped, without
@@ -238,8 +244,9 @@ def _add_torchrun_options(parser: argparse.ArgumentParser) -> None:
         torchrun,
         "signals_to_handle",
         metavar="SIG,...",
-        help="signals that stop the workers and the command (default: "
-        f"{','.join(_rundir.STOP_SIGNALS)})",
+        help="signals passed on to the workers while the launch goes on (SIGUSR1 and "
+        "SIGUSR2 always are); stop signals named here stop it, as always "
+        f"({','.join(_rundir.STOP_SIGNALS)}, ...)",
     )
     _add_option(
         torchrun,

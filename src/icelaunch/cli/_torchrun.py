@@ -39,6 +39,9 @@ ACCEPTED = (
     "master_port",
     "local_addr",
     "signals_to_handle",
+    "shutdown_timeout",
+    "numa_binding",
+    "virtual_local_rank",
 )
 # torchrun's dest -> the command's dest, where they differ.
 RENAMED = {"rdzv_conf": "rdzv_configs"}
@@ -71,21 +74,9 @@ REFUSED = {
         "icelaunch does not copy filtered lines to a second file",
         "--tee 2 --log-dir DIR and grep the per-rank files",
     ),
-    "numa_binding": (
-        "icelaunch does not bind workers to NUMA nodes",
-        "numactl or taskset around the command, or os.sched_setaffinity() in the worker",
-    ),
-    "shutdown_timeout": (
-        "icelaunch gives stopped workers a fixed 3 s between SIGTERM and SIGKILL",
-        "save what must survive as soon as SIGTERM arrives",
-    ),
     "print_completion": (  # torchrun 2.15
         "icelaunch prints no shell completion script",
         "icelaunch --help, which lists every option",
-    ),
-    "virtual_local_rank": (
-        "icelaunch keeps each worker's real LOCAL_RANK and device list",
-        "icelaunch.current().assigned_device (or torch.cuda.set_device(LOCAL_RANK))",
     ),
 }
 

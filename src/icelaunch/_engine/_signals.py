@@ -1,0 +1,199 @@
+"""The launcher's signals while a launch runs: stops with a grace, forwards, a second Ctrl-C.
+
+torch's agent installs its own handler (which raises ``SignalException``) when it
+starts the workers; :meth:`LaunchSignals.install` puts ours in its place right
+after, for every signal of the table in ``docs/failures.md``:
+
+- **stop**: SIGTERM, SIGINT, SIGHUP, SIGQUIT (unless the caller ignores them),
+  and SIGALRM, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGPWR, SIGSTKFLT, SIGIO,
+  SIGPIPE where the caller left them at their default action (which would end
+  the launcher). The first raises ``SignalException`` as torch's handler does,
+  and the agent stops the workers with ``shutdown_timeout`` of grace; another
+  one during that grace cuts it short.
+- **forward**: SIGUSR1, SIGUSR2 (where at their default action) and the other
+  signals named in ``TORCHELASTIC_SIGNALS_TO_HANDLE`` (torchrun's
+  ``--signals-to-handle``) are passed on to the ranks; the launch goes on.
+
+A stop can also come from a thread (the console's output was closed):
+:meth:`LaunchSignals.request` notes it and wakes the agent, which raises it.
+
+Handlers exist only in the main thread: a launch from another thread leaves
+the process's handlers alone (its workers still end with the launcher).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing.api import SignalException
+
+from icelaunch import _rundir
+
+logger = logging.getLogger(__name__)
+
+_USUAL_STOPS = _rundir.stop_signals()
+_OTHER_STOPS = _rundir.signal_numbers(_rundir.OTHER_STOP_SIGNALS)
+_FORWARDS = _rundir.signal_numbers(_rundir.FORWARDED_SIGNALS)
+
+#: what the agent does with a forwarded signal (passes it on to the ranks)
+Forward = Callable[[signal.Signals], None]
+
+
+class StopOutcome:
+    """How the ranks of this node ended after a stop someone asked for (a signal)."""
+
+    def __init__(self, sig: signal.Signals, grace_s: float) -> None:
+        self.signal = sig
+        self.grace_s = grace_s
+        self.exits: dict[int, int] = {}  # global rank -> exit status
+        self.killed: set[int] = set()  # global ranks killed when the grace ran out
+        self.cut_short = False  # a second signal ended the grace
+
+
+def chosen_signals(env: dict[str, str] | os._Environ[str]) -> frozenset[signal.Signals]:
+    """The signals named in ``TORCHELASTIC_SIGNALS_TO_HANDLE`` (unknown names skipped).
+
+    >>> sorted(s.name for s in chosen_signals({"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGUSR1, X"}))
+    ['SIGUSR1']
+    """
+    names = tuple(n.strip() for n in env.get(_rundir.SIGNALS_ENV, "").split(",") if n.strip())
+    return _rundir.signal_numbers(names)
+
+
+def is_stop(sig: int) -> bool:
+    """Whether ``sig`` asks the launch to stop (rather than being passed on)."""
+    return sig in _USUAL_STOPS or sig in _OTHER_STOPS
+
+
+class LaunchSignals:
+    """One launch's signal handling; ``requested`` is the stop signal asked for, if any."""
+
+    def __init__(self, chosen: frozenset[signal.Signals] = frozenset()) -> None:
+        self.requested: signal.Signals | None = None
+        #: a stop is under way: further stop signals only cut its grace short
+        self.stopping = False
+        self._raised = False
+        self._count = 0
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._forward: Forward | None = None
+        self._main = threading.current_thread() is threading.main_thread()
+        self._saved = self._callers_handlers(chosen) if self._main else {}
+        self._stops, self._forwards = self._table(chosen)
+
+    # -- the table ---------------------------------------------------------------------
+
+    @staticmethod
+    def _callers_handlers(chosen: frozenset[signal.Signals]) -> dict[signal.Signals, Any]:
+        saved = {}
+        for sig in _USUAL_STOPS | _OTHER_STOPS | _FORWARDS | chosen:
+            with contextlib.suppress(ValueError, OSError):
+                saved[sig] = signal.getsignal(sig)
+        return saved
+
+    def _table(
+        self, chosen: frozenset[signal.Signals]
+    ) -> tuple[frozenset[signal.Signals], frozenset[signal.Signals]]:
+        """Which signals this launch handles as a stop, and which it passes on."""
+        stops = set()
+        forwards = set()
+        for sig, handler in self._saved.items():
+            at_default = handler == signal.SIG_DFL
+            if sig in _USUAL_STOPS:
+                if handler != signal.SIG_IGN or sig in chosen:
+                    stops.add(sig)
+            elif sig in _OTHER_STOPS:
+                if at_default or sig in chosen:
+                    stops.add(sig)
+            elif at_default or sig in chosen:  # SIGUSR1/2, or chosen by the user
+                forwards.add(sig)
+        return frozenset(stops), frozenset(forwards)
+
+    def handles(self, sig: int) -> bool:
+        """Whether this launch handles ``sig`` (a stop or a forward)."""
+        return sig in self._stops or sig in self._forwards
+
+    # -- installing --------------------------------------------------------------------
+
+    def install(self, forward: Forward) -> None:
+        """Put our handlers in place (after torch's agent installed its own)."""
+        self._forward = forward
+        if not self._main or threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self._saved.items():
+            with contextlib.suppress(ValueError, OSError):
+                if sig in self._stops:
+                    signal.signal(sig, self._on_stop)
+                elif sig in self._forwards:
+                    signal.signal(sig, self._on_forward)
+                elif handler is not None:
+                    signal.signal(sig, handler)  # e.g. a SIGINT the caller ignores
+
+    def deliver(self, sig: int) -> None:
+        """Act on ``sig`` as if it arrived now (one noted while the workers started)."""
+        if sig in self._stops:
+            self._on_stop(sig, None)
+        elif sig in self._forwards:
+            self._on_forward(sig, None)
+
+    def restore(self) -> None:
+        """Put the caller's handlers back and close the wake-up pipe."""
+        self._forward = None  # no cycle through the agent: it is freed as soon as unused
+        if self._main and threading.current_thread() is threading.main_thread():
+            for sig, handler in self._saved.items():
+                with contextlib.suppress(ValueError, OSError, TypeError):
+                    if handler is not None:
+                        signal.signal(sig, handler)
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- what arrives ------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        sig = self._note(signum)
+        if not self.stopping and not self._raised:
+            self._raised = True
+            raise SignalException(f"Process {os.getpid()} got signal: {sig}", sigval=sig)
+
+    def _on_forward(self, signum: int, frame: FrameType | None) -> None:
+        if self._forward is not None:
+            self._forward(signal.Signals(signum))
+
+    def request(self, sig: signal.Signals) -> None:
+        """Ask for a stop from any thread; the agent raises it at its next look."""
+        self._note(sig)
+
+    def _note(self, signum: int) -> signal.Signals:
+        sig = signal.Signals(signum)
+        with self._lock:
+            self._count += 1
+            if self.requested is None:
+                self.requested = sig
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"s")
+        return sig
+
+    def raise_requested(self) -> None:
+        """Raise a stop that was asked for from a thread (not yet raised)."""
+        if self.requested is not None and not self.stopping and not self._raised:
+            self._raised = True
+            sig = self.requested
+            raise SignalException(f"Process {os.getpid()} was asked to stop ({sig.name})", sig)
+
+    def fileno(self) -> int:
+        """Readable when a stop signal arrived since the last :meth:`drain`."""
+        return self._read
+
+    def drain(self) -> None:
+        """Forget the wake-ups so far (a grace starts: only a new signal cuts it short)."""
+        with contextlib.suppress(OSError):
+            while os.read(self._read, 4096):
+                pass
