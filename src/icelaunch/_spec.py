@@ -211,12 +211,9 @@ def _positive_seconds(name: str, value: object, example: str, or_none: str) -> f
 
 def _grace(value: object) -> float:
     """``shutdown_timeout``: zero or a positive, finite number of seconds."""
-    _require_type("shutdown_timeout", value, (int, float), "120")
-    seconds = float(cast(float, value))
-    if not 0 <= seconds < float("inf"):
-        rule = "must be zero or a positive, finite number of seconds"
-        raise _bad("shutdown_timeout", value, rule, "120")
-    return seconds
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _positive_seconds("shutdown_timeout", value, "120", " or zero")
 
 
 def _log_dir(value: object) -> str | None:

@@ -152,6 +152,10 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
         for value in (sys.maxsize, 1e15, 1e9 + 1, float("inf"), float("nan"), -1.0, 10**400)
     ],
     ({"collective_timeout": True}, TypeError, r"collective_timeout must be int, not True"),
+    *[
+        ({"shutdown_timeout": value}, ValueError, rf"invalid shutdown_timeout {value!r}: must be a")
+        for value in (1e15, float("inf"), float("nan"), -1.0)
+    ],
     ({"max_restarts": sys.maxsize}, ValueError, rf"max_restarts {sys.maxsize}: .* 2147483647"),
     ({"node_rank": 2**31}, ValueError, r"invalid node_rank 2147483648: .*at most 2147483647"),
     ({"nnodes": "1:99999999999"}, ValueError, r"needs 1 <= MIN <= MAX <= 2147483647"),
@@ -177,7 +181,7 @@ def test_bad_arguments_fail_at_freeze(
     launcher["devices"] = "cpu"  # still editable after a failed freeze
     for key in kwargs:
         if key != "devices":
-            launcher[key] = SEED_DEFAULTS.get(key)  # keyword-only ones: None
+            launcher[key] = inspect.signature(ElasticLauncher.__freeze__).parameters[key].default
     launcher.freeze()
 
 
