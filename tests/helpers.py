@@ -585,3 +585,21 @@ def ours_in_dev_shm(pids: set[int]) -> list[str]:
         for name in os.listdir("/dev/shm")
         if name.startswith("icelaunch") or any(f"_{pid}_" in name for pid in pids)
     ]
+
+
+# --- extra CPU load, for races that show under a busy machine ------------------------------
+
+
+@contextlib.contextmanager
+def cpu_hogs(count: int = 2) -> Iterator[None]:
+    """``count`` processes spinning in pure Python while the block runs; killed after."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

@@ -28,6 +28,15 @@ NUMERIC_RDZV_KEYS = (
     "keep_alive_max_attempt",
     "read_timeout",
 )
+#: the largest time value in seconds (about 31 years): torch adds a collective timeout
+#: to the wall clock in 64-bit nanoseconds, which end in 2262; past about 7e9 seconds
+#: today every rank's first wait overflows (times out at once or never returns)
+MAX_SECONDS = 1e9
+#: the largest count or rank: torch holds ranks, world sizes and counts in C ints
+MAX_INT = 2**31 - 1
+#: the most OpenMP threads per worker: far past any machine's cores, below where
+#: creating the threads fails (65536 per worker: "Resource temporarily unavailable")
+MAX_OMP_THREADS = 4096
 _STD = re.compile(r"^[0-3]$|^(\d+:[0-3])(,\d+:[0-3])*$")
 _T = TypeVar("_T")
 _RDZV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -94,10 +103,10 @@ def _typed(name: str, value: object, kind: type[_T], example: str) -> _T:
     return cast(_T, value)
 
 
-def _int(name: str, value: object, minimum: int, example: str) -> int:
+def _int(name: str, value: object, minimum: int, example: str, maximum: int = MAX_INT) -> int:
     value = _typed(name, value, int, example)
-    if value < minimum:
-        raise _bad(name, value, f"must be an integer >= {minimum}", example)
+    if not minimum <= value <= maximum:
+        raise _bad(name, value, f"must be an integer >= {minimum}, at most {maximum}", example)
     return value
 
 
@@ -111,8 +120,8 @@ def parse_nnodes(nnodes: object) -> tuple[int, int]:
     if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
         raise _bad("nnodes", nnodes, "must be a node count N or a range MIN:MAX", example)
     low, high = int(parts[0]), int(parts[-1])
-    if low < 1 or high < low:
-        raise _bad("nnodes", nnodes, "needs 1 <= MIN <= MAX", example)
+    if low < 1 or high < low or high > MAX_INT:
+        raise _bad("nnodes", nnodes, f"needs 1 <= MIN <= MAX <= {MAX_INT}", example)
     return low, high
 
 
@@ -125,8 +134,11 @@ def parse_rdzv_configs(configs: object) -> tuple[tuple[str, str], ...]:
         key, sep, value = (s.strip() for s in item.partition("="))
         if not sep or not _RDZV_KEY.match(key) or not value:
             raise _bad("rdzv_configs", configs, f"{item!r} is not key=value", example)
-        if key in NUMERIC_RDZV_KEYS and not value.isdigit():
-            rule = f"{key} must be a number of seconds, whole (torch reads it as an integer)"
+        if key in NUMERIC_RDZV_KEYS and not (value.isdigit() and int(value) <= MAX_SECONDS):
+            rule = (
+                f"{key} must be a number of seconds, whole (torch reads it as an integer), "
+                f"at most {MAX_SECONDS:.0f}"
+            )
             raise _bad("rdzv_configs", configs, rule, example)
         if any(k == key for k, _ in pairs):
             raise _bad("rdzv_configs", configs, f"{key} is given twice", example)
@@ -162,39 +174,46 @@ def _nonempty(name: str, value: object, example: str) -> str:
 def _port(value: object) -> int | None:
     if value is None:
         return None
-    port = _int("master_port", value, 1, "29500")
-    if port > 65535:
+    _typed("master_port", value, int, "29500")
+    if not 1 <= cast(int, value) <= 65535:
         raise _bad("master_port", value, "must be a TCP port 1-65535 or None", "29500")
-    return port
+    return cast(int, value)
 
 
 def _interval(value: object) -> float:
-    _require_type("monitor_interval", value, (int, float), "5")
-    seconds = float(cast(float, value))
-    if not 0 < seconds < float("inf"):
-        raise _bad("monitor_interval", value, "must be a positive number of seconds", "5")
-    return seconds
+    return _positive_seconds("monitor_interval", value, "5", "")
 
 
 def _seconds(name: str, value: object, example: str) -> float | None:
-    """A time limit: None (no limit) or a positive, finite number of seconds."""
+    """A time limit: None (no limit) or a positive number of seconds up to ``MAX_SECONDS``.
+
+    >>> _seconds("collective_timeout", 1e15, "600")
+    Traceback (most recent call last):
+    ValueError: invalid collective_timeout 1000000000000000.0: must be a positive number of \
+seconds or None, at most 1e+09 (about 31 years), e.g. collective_timeout=600
+    """
     if value is None:
         return None
+    return _positive_seconds(name, value, example, " or None")
+
+
+def _positive_seconds(name: str, value: object, example: str, or_none: str) -> float:
     _require_type(name, value, (int, float), example)
-    seconds = float(cast(float, value))
-    if not 0 < seconds < float("inf"):
-        raise _bad(name, value, "must be a positive number of seconds or None", example)
+    try:
+        seconds = float(cast(float, value))
+    except OverflowError:  # an int past any float
+        seconds = float("inf")
+    if not 0 < seconds <= MAX_SECONDS:  # also nan
+        rule = f"must be a positive number of seconds{or_none}, at most {MAX_SECONDS:.0e}"
+        raise _bad(name, value, rule + " (about 31 years)", example)
     return seconds
 
 
 def _grace(value: object) -> float:
     """``shutdown_timeout``: zero or a positive, finite number of seconds."""
-    _require_type("shutdown_timeout", value, (int, float), "120")
-    seconds = float(cast(float, value))
-    if not 0 <= seconds < float("inf"):
-        rule = "must be zero or a positive, finite number of seconds"
-        raise _bad("shutdown_timeout", value, rule, "120")
-    return seconds
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _positive_seconds("shutdown_timeout", value, "120", " or zero")
 
 
 def _log_dir(value: object) -> str | None:
@@ -229,6 +248,9 @@ def _check_rendezvous(spec: LaunchSpec) -> None:
             "the static rendezvous needs a fixed node count; use rdzv_backend='c10d' for a range",
             "'2'",
         )
+    if spec.max_nodes * spec.nproc_per_node > MAX_INT:
+        rule = f"{spec.nproc_per_node} workers per node make a world size past {MAX_INT}"
+        raise _bad("nnodes", _nnodes_text(spec), rule + " (torch's ranks are C ints)", "'2'")
     if spec.node_rank >= spec.max_nodes:
         raise _bad("node_rank", spec.node_rank, f"must be below nnodes ({spec.max_nodes})", "0")
     needs_endpoint = spec.rdzv_backend != "static" and not spec.standalone
@@ -272,7 +294,7 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         node_rank=_int("node_rank", a["node_rank"], 0, "0"),
         master_addr=_nonempty("master_addr", a["master_addr"], "'127.0.0.1'"),
         master_port=_port(a["master_port"]),
-        omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1"),
+        omp_num_threads=_int("omp_num_threads", a["omp_num_threads"], 1, "1", MAX_OMP_THREADS),
         warm_start=_typed("warm_start", a.get("warm_start", True), bool, "False"),
         local_ranks_filter=parse_ranks_filter(a.get("local_ranks_filter"), len(devices)),
         log_line_prefix_template=check_template(a.get("log_line_prefix_template", PREFIX_TEMPLATE)),

@@ -266,6 +266,12 @@ def swap_to_shared(storage: Any, fd: int, nbytes: int) -> None:
     storage._swap_data_ptr_(shared)
 
 
+def swap_storage(storage: Any, other: Any) -> None:
+    """Give ``storage`` the data of ``other`` (of the same size), in place: every tensor
+    viewing ``storage`` follows; its old memory is freed with ``other``."""
+    storage._swap_data_ptr_(other)
+
+
 # --- NUMA binding ------------------------------------------------------------------------
 
 

@@ -105,3 +105,19 @@ def _memfds_of(pid: int) -> list[str]:
         if "icelaunch-transfer" in target:
             found.append(target)
     return found
+
+
+def make_result(launcher: ElasticLauncher) -> torch.Tensor:
+    return torch.full((MB,), float(launcher.rank + 1))  # 4 MB: through shared memory
+
+
+def total(launcher: ElasticLauncher, t: torch.Tensor) -> float:
+    return float(t.sum())
+
+
+def test_a_result_can_be_an_argument_of_the_next_launch() -> None:
+    """A result's storage was a mapping that kept no descriptor while torch called it
+    shared: sending it again failed ("Bad file descriptor", told as unpicklable)."""
+    launcher = ElasticLauncher("cpu:0-1", **FAST).freeze()
+    result = launcher(make_result, launcher)[1]
+    assert launcher(total, launcher, result) == {0: 2.0 * MB, 1: 2.0 * MB}

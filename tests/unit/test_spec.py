@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -135,10 +136,35 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"log_dir": 3}, TypeError, r"log_dir must be str or PathLike, not 3"),
     ({"role": " "}, ValueError, r"invalid role ' ': must not be empty"),
     ({"master_addr": ""}, ValueError, r"invalid master_addr '': must not be empty"),
-    ({"master_port": 0}, ValueError, r"invalid master_port 0: must be an integer >= 1"),
+    ({"master_port": 0}, ValueError, r"invalid master_port 0: must be a TCP port 1-65535"),
     ({"master_port": 70000}, ValueError, r"invalid master_port 70000: must be a TCP port"),
     ({"master_port": "29500"}, TypeError, r"master_port must be int, not '29500'"),
     ({"omp_num_threads": 0}, ValueError, r"invalid omp_num_threads 0: must be an integer >= 1"),
+    # numbers past what torch and the system take (issue 23, point 7): refused at freeze
+    *[
+        (
+            {name: value},
+            ValueError,
+            rf"invalid {name} {value!r}: must be a positive number of "
+            rf"seconds{' or None' if name != 'monitor_interval' else ''}, at most 1e\+09",
+        )
+        for name in ("collective_timeout", "timeout", "hang_timeout", "monitor_interval")
+        for value in (sys.maxsize, 1e15, 1e9 + 1, float("inf"), float("nan"), -1.0, 10**400)
+    ],
+    ({"collective_timeout": True}, TypeError, r"collective_timeout must be int, not True"),
+    *[
+        ({"shutdown_timeout": value}, ValueError, rf"invalid shutdown_timeout {value!r}: must be a")
+        for value in (1e15, float("inf"), float("nan"), -1.0)
+    ],
+    ({"max_restarts": sys.maxsize}, ValueError, rf"max_restarts {sys.maxsize}: .* 2147483647"),
+    ({"node_rank": 2**31}, ValueError, r"invalid node_rank 2147483648: .*at most 2147483647"),
+    ({"nnodes": "1:99999999999"}, ValueError, r"needs 1 <= MIN <= MAX <= 2147483647"),
+    ({"devices": "cpu:0-1", "nnodes": "2147483647"}, ValueError, r"2 workers per node make a"),
+    ({"omp_num_threads": 65536}, ValueError, r"omp_num_threads 65536: .*at most 4096"),
+    ({"omp_num_threads": 2**40}, ValueError, r"omp_num_threads 1099511627776: .*at most 4096"),
+    ({"master_port": 2**64}, ValueError, r"master_port 18446744073709551616: must be a TCP"),
+    ({"master_port": -1}, ValueError, r"invalid master_port -1: must be a TCP port"),
+    ({"rdzv_configs": "timeout=99999999999"}, ValueError, r"at most 1000000000"),
 ]
 
 
@@ -155,7 +181,7 @@ def test_bad_arguments_fail_at_freeze(
     launcher["devices"] = "cpu"  # still editable after a failed freeze
     for key in kwargs:
         if key != "devices":
-            launcher[key] = SEED_DEFAULTS[key]
+            launcher[key] = inspect.signature(ElasticLauncher.__freeze__).parameters[key].default
     launcher.freeze()
 
 

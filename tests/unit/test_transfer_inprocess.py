@@ -15,7 +15,7 @@ from packaging.version import Version
 
 from helpers import FakeCudaTensor, digest, make_kinds
 from icelaunch import _transfer
-from icelaunch._transfer import _shared_move
+from icelaunch._transfer import _packs, _shared_move
 
 pytestmark = pytest.mark.timeout(180)
 # torch 2.13 (constraints.txt) has UntypedStorage._swap_data_ptr_; older torch (2.11 on
@@ -28,6 +28,21 @@ MB = 1 << 20
 
 
 KIND_NAMES = list(make_kinds(0))
+
+
+def in_shared_memory(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data lives in shared memory: torch's own (``is_shared()``), or
+    a file of icelaunch's that many storages share (``_packs``)."""
+    if t.is_shared():
+        return True
+    address = t.untyped_storage().data_ptr()
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            span, *_, path = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in span.split("-"))
+            if low <= address < high:
+                return "/memfd:icelaunch-shared" in path
+    return False
 
 
 # ---------------------------------------------------------------- without launching
@@ -54,7 +69,7 @@ def test_tiny_objects_stay_on_the_pickle_fast_path() -> None:
 def test_tensors_move_to_shared_memory_and_writes_are_seen_by_all() -> None:
     t = torch.zeros(MB)
     sent = _transfer.send([t, t[10:]])
-    assert t.is_shared()  # the caller's own storage moved, as with torch.multiprocessing
+    assert in_shared_memory(t)  # the caller's own storage moved, as with torch.multiprocessing
     first, view = _transfer.receive(sent.payload)
     second, _ = _transfer.receive(sent.payload)
     first[10] = 5.0
@@ -150,7 +165,7 @@ def test_a_move_that_fails_midway_leaves_the_tensor_as_it_was(
             raise OSError(28, "No space left on device")
         return real_pwrite(fd, data, offset)
 
-    def failing_map(fd: int, size: int) -> Any:
+    def failing_map(*args: Any) -> Any:
         raise RuntimeError("unable to mmap: Cannot allocate memory")
 
     monkeypatch.setattr(_shared_move, "CHUNK_BYTES", 2 * MB)
@@ -158,17 +173,18 @@ def test_a_move_that_fails_midway_leaves_the_tensor_as_it_was(
         monkeypatch.setattr(_shared_move.os, "pwrite", failing_pwrite)
     else:
         monkeypatch.setattr(torch.UntypedStorage, "_new_shared_fd_cpu", failing_map)
+        monkeypatch.setattr(_packs, "storage_over", failing_map)  # storages under 64 MiB
     with pytest.raises((OSError, RuntimeError), match=r"No space left|unable to mmap"):
         _transfer.send(t)
     assert len(calls) == (3 if where == "write" else 0)
-    assert not t.is_shared() and torch.equal(t, expected)
+    assert not in_shared_memory(t) and torch.equal(t, expected)
 
 
 def test_a_moved_tensor_keeps_its_values_views_and_writes() -> None:
     t = torch.randn(2 * MB)
     expected, view = t.clone(), t[5:]
     sent = _transfer.send({"t": t})
-    assert t.is_shared() and torch.equal(t, expected) and torch.equal(view, expected[5:])
+    assert in_shared_memory(t) and torch.equal(t, expected) and torch.equal(view, expected[5:])
     got = _transfer.receive(sent.payload)["t"]
     got[5] = 42.0
     assert t[5] == 42.0 and view[0] == 42.0
@@ -180,6 +196,49 @@ def test_a_tensor_over_foreign_memory_moves_without_touching_that_memory() -> No
     arr = np.arange(MB, dtype=np.float64)
     t = torch.from_numpy(arr)
     sent = _transfer.send(t)
-    assert t.is_shared() and torch.equal(t, torch.arange(MB, dtype=torch.float64))
+    assert in_shared_memory(t) and torch.equal(t, torch.arange(MB, dtype=torch.float64))
     assert np.array_equal(arr, np.arange(MB, dtype=np.float64))  # not given back
     sent.close()
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@MOVES_IN_CHUNKS
+def test_many_tensors_keep_one_file_open_not_one_each() -> None:
+    """Storages under 64 MiB share one file per send (issue 23, point 6: one descriptor
+    per tensor, kept while it lived, exhausted `ulimit -n`)."""
+    tensors = [torch.full((MB // 4 + 1,), float(i)) for i in range(200)]  # just over 1 MiB
+    before = _open_files()
+    sent = _transfer.send(tensors)
+    received = _transfer.receive(sent.payload)
+    sent.close()
+    assert _open_files() - before == 1  # the pack, open while its tensors live
+    assert [float(t[0]) for t in received] == [float(i) for i in range(200)]
+    assert all(in_shared_memory(t) for t in tensors)
+    again = _transfer.send(tensors)  # the same tensors again: nothing copied, nothing opened
+    assert again.keep == [] and again.fds == [] and _open_files() - before == 1
+    again.close()
+    del tensors, received
+    assert _open_files() == before
+
+
+@MOVES_IN_CHUNKS
+def test_a_freed_tensor_gives_its_pages_back_while_the_rest_of_its_pack_lives() -> None:
+    first, second = torch.ones(2 * MB), torch.ones(2 * MB)  # 8 MB each
+    _transfer.send([first, second]).close()
+    pack = _packs.region_of(first.untyped_storage()).pack  # type: ignore[union-attr]
+
+    def held() -> int:
+        return os.fstat(pack.fd).st_blocks * 512  # type: ignore[union-attr]
+
+    assert held() == 16 * MB
+    child = os.fork()
+    if child == 0:  # a fork's copy of the tensor owns nothing: dropping it frees nothing
+        del first
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert held() == 16 * MB and float(first.sum()) == 2 * MB
+    del first
+    assert held() == 8 * MB and float(second.sum()) == 2 * MB

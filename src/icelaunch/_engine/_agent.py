@@ -151,7 +151,10 @@ class Agent(LocalElasticAgent):
             self._signals.raise_requested()  # (a restart) ends the launch: none is started
         if _torch_internals.start_method(self) == "forkserver":
             _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
-        with _torch_internals.terminate_handler_deferred() as noted:  # none started unknown
+        with (
+            _torch_internals.terminate_handler_deferred() as noted,  # none started unknown
+            _procs.semaphores_named_for_sweep(),
+        ):
             started: dict[int, Any] = super()._start_workers(worker_group)
             self._workers = _procs.workers_of(_torch_internals.process_context(self))
             if self._signals is not None:

@@ -64,7 +64,7 @@ def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
     memory (see ``_transfer``)."""
     try:
         data = _transfer.send(job)
-    except _transfer.UnsupportedTransferError:
+    except (_transfer.UnsupportedTransferError, OSError):  # not a pickling problem
         raise
     except Exception as exc:
         raise TypeError(

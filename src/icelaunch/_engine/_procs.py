@@ -16,6 +16,8 @@ import contextlib
 import os
 import select
 import subprocess
+import threading
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -133,6 +135,91 @@ def unlink_semaphores(pcontext: Any) -> int:
         if callback is cleanup and args and args[0] in names:
             finalizer.cancel()  # it would unlink the name again, and fail
     return len(names)
+
+
+SHM_DIR = "/dev/shm"
+#: what starts the name of a semaphore made while torch starts workers, before its
+#: owner's tag ``<pid namespace>.<pid>.<start time>``: ``/dev/shm/sem.mp-icelaunch.…``
+SEM_PREFIX = "/mp-icelaunch."
+_naming = threading.Lock()
+_naming_depth = 0
+_saved_prefix = "/mp"
+
+
+@contextlib.contextmanager
+def semaphores_named_for_sweep() -> Iterator[None]:
+    """Around torch's creation of its return queues and event: first remove the
+    semaphore names that launchers killed outright left, then name the new ones
+    after this process, so that they are removed in turn if it is killed.
+
+    multiprocessing unlinks a semaphore's name at once only for ``fork``: under
+    spawn and the fork server each worker opens it by name while it starts, and
+    :func:`unlink_semaphores` removes the names once every worker runs. Until
+    then (about 0.1 s) a ``kill -9`` of the whole process tree, resource tracker
+    included, would leave them in ``/dev/shm`` for good; named here, they are
+    removed by the next launch on the machine (same user, same PID namespace)
+    once their launcher is gone.
+    """
+    global _naming_depth, _saved_prefix
+    from multiprocessing import process
+
+    sweep_orphaned_semaphores()
+    config = process.current_process()._config  # type: ignore[attr-defined]
+    with _naming:  # launches from several threads: the first in sets, the last out restores
+        if _naming_depth == 0:
+            _saved_prefix = config.get("semprefix", "/mp")
+            config["semprefix"] = SEM_PREFIX + _owner_tag(os.getpid())
+        _naming_depth += 1
+    try:
+        yield
+    finally:
+        with _naming:
+            _naming_depth -= 1
+            if _naming_depth == 0:
+                config["semprefix"] = _saved_prefix
+
+
+def sweep_orphaned_semaphores() -> list[str]:
+    """Unlink the semaphores named by :func:`semaphores_named_for_sweep` whose
+    launcher is gone (pid ended, or reused by a process started at another time);
+    only this PID namespace's, and only this user's. Returns the names removed."""
+    mine = SEM_PREFIX[1:] + _pid_namespace() + "."
+    removed: list[str] = []
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith("sem." + mine):
+            continue
+        pid_text, _, rest = entry[len("sem." + mine) :].partition(".")
+        start = rest.partition("-")[0]
+        if not pid_text.isdigit() or _owner_tag(int(pid_text)).endswith(f".{pid_text}.{start}"):
+            continue  # its launcher still runs
+        path = os.path.join(SHM_DIR, entry)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_uid == os.getuid():
+                os.unlink(path)
+                removed.append(entry)
+    return removed
+
+
+def _owner_tag(pid: int) -> str:
+    """``<pid namespace>.<pid>.<start time in clock ticks>`` ("gone" for the time of a
+    process that does not exist)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            start = fh.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        start = "gone"
+    return f"{_pid_namespace()}.{pid}.{start}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def error_file(pcontext: Any, local_rank: int) -> str:

@@ -2,14 +2,16 @@
 
 Launcher side: :func:`send` pickles the job (functions of ``__main__`` by value,
 with real file names: ``_pickler``) and moves large tensors to shared memory in
-place (``_shared_move``). Worker side: :func:`receive` maps them again;
-:func:`as_result` sends a return value back the same way.
+place (``_storages`` decides where, ``_shared_move`` moves): tensors under 64 MiB
+into one file per send (``_packs``), larger ones into a file each. Worker side:
+:func:`receive` maps them again; :func:`as_result` sends a return value back the
+same way.
 
 Data flow::
 
-    caller's tensor --_shared_move--> memfd (pages given back as written)
+    caller's tensors --_storages/_shared_move--> one pack memfd (+ a memfd per big one)
     job --send--> payload bytes --torch's queue/args--> receive --> job, tensors mapped
-    worker value --as_result--> Shared (memfd) --torch's return queue--> caller maps it
+    worker value --as_result--> Shared (one pack) --torch's return queue--> caller maps it
 
 The contract and what travels how are stated in ``_send``.
 """
@@ -25,9 +27,11 @@ from icelaunch._transfer._send import (
     receive,
     send,
 )
+from icelaunch._transfer._storages import OpenFileLimitError
 
 __all__ = [
     "MIN_SHARED_BYTES",
+    "OpenFileLimitError",
     "Sent",
     "Shared",
     "UnsupportedTransferError",

@@ -9,8 +9,10 @@ What travels how (objects below ``MIN_SHARED_BYTES`` are pickled as usual):
 - CPU tensors (also inside containers, dataclasses and modules: a parameter
   pickles as its ``.data``): as in ``torch.multiprocessing``, the sender's
   storage *moves* to shared memory, in place (as ``Tensor.share_memory_()``
-  does, without holding the bytes twice: ``_shared_move``), and
-  receivers map the same pages: writes are seen by everyone, the sender included.
+  does, without holding the bytes twice: ``_shared_move``), and receivers map
+  the same pages: writes are seen by everyone, the sender included. Storages
+  under 64 MiB share one file per send (``_storages``, ``_packs``), so that
+  many tensors do not hold one open file each.
 - numpy arrays, ``bytearray``, ``memoryview`` and ``bytes``: copied once into
   one unnamed shared file; receivers map it copy-on-write, so their writes stay
   their own (``bytes`` and ``bytearray`` are copied out of it when rebuilt, being
@@ -18,7 +20,7 @@ What travels how (objects below ``MIN_SHARED_BYTES`` are pickled as usual):
 - CUDA tensors are refused with :class:`UnsupportedTransferError`.
 
 Shared memory here never has a name in ``/dev/shm``: torch unlinks its segment
-right after creating it and the other file is a ``memfd``. Receivers open the
+right after creating it and the other files are ``memfd``s. Receivers open the
 sender's descriptor through ``/proc/<pid>/fd/<fd>`` (checking its inode), so
 nothing outlives the processes that map it, whatever way they end.
 """
@@ -33,9 +35,8 @@ import pickle
 import sys
 from typing import Any
 
-from icelaunch import _torch_internals
 from icelaunch._transfer._pickler import CodePickler
-from icelaunch._transfer._shared_move import move_to_memfd
+from icelaunch._transfer._storages import FdRef, Mapper, Placement, open_ref
 
 MIN_SHARED_BYTES = 1 << 20
 _ALIGN = 64
@@ -44,16 +45,6 @@ _PLAIN = frozenset({int, float, str, bool, type(None), tuple, list, dict, set, f
 
 class UnsupportedTransferError(TypeError):
     """An argument or result that cannot travel to another process (a CUDA tensor)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FdRef:
-    """A file descriptor of process ``pid``, its inode (to detect reuse) and size."""
-
-    pid: int
-    fd: int
-    inode: int
-    nbytes: int
 
 
 @dataclasses.dataclass
@@ -99,10 +90,11 @@ def send(
     buf = io.BytesIO()
     sent = Sent(b"")
     kind = _PlainPickler if by_reference else _Pickler
-    pickler = kind(buf, min_bytes, sent, move=move, refuse_cuda=refuse_cuda)
+    pickler = kind(buf, min_bytes, move=move, refuse_cuda=refuse_cuda)
     try:
         pickler.dump(obj)
-        found = pickler.found
+        found, placement = pickler.found, pickler.placement
+        refs = placement.place(sent.keep, extra_files=bool(found.views))
         blob = _write_file(found.views, sent) if found.views else None
     except BaseException:
         sent.close()
@@ -110,24 +102,36 @@ def send(
     finally:
         pickler.clear_memo()  # drops its references to everything pickled
     layout = _layout(found.views)
-    sent.payload = pickle.dumps((blob, layout, found.out_of_band, buf.getvalue()), protocol=5)
+    sent.payload = pickle.dumps((blob, layout, found.out_of_band, refs, buf.getvalue()), protocol=5)
     return sent
 
 
-def receive(payload: bytes) -> Any:
-    """The object :func:`send` pickled into ``payload``, mapping what it shared."""
-    blob, layout, out_of_band, data = pickle.loads(payload)
+def receive(payload: bytes, *, owned: bool = False) -> Any:
+    """The object :func:`send` pickled into ``payload``, mapping what it shared.
+
+    ``owned``: no other process uses the data any more (a result): the memory of
+    each tensor is given back as soon as it is freed.
+    """
+    blob, layout, out_of_band, refs, data = pickle.loads(payload)
     views: list[memoryview] = []
     if blob is not None:
-        fd = _open(blob)
+        fd = open_ref(blob)
         try:
             mapped = mmap.mmap(fd, blob.nbytes, access=mmap.ACCESS_COPY)
         finally:
             os.close(fd)
         whole = memoryview(mapped)
         views = [whole[off : off + n] for off, n in layout]
-    unpickler = _Unpickler(io.BytesIO(data), views, buffers=[views[i] for i in out_of_band])
-    return unpickler.load()
+    mapper = Mapper(refs, owned=owned)
+    try:
+        unpickler = _Unpickler(io.BytesIO(data), views, [views[i] for i in out_of_band], mapper)
+        return unpickler.load()
+    finally:
+        mapper.close()
+
+
+def _receive_result(payload: bytes) -> Any:
+    return receive(payload, owned=True)
 
 
 class _Blobs:
@@ -154,16 +158,12 @@ class _Blobs:
 class _Sharing:
     """A pickler's part that takes large tensors and buffers out of the stream."""
 
-    def __init__(
-        self, file: io.BytesIO, min_bytes: int, sent: Sent, *, move: bool, refuse_cuda: bool
-    ) -> None:
+    def __init__(self, file: io.BytesIO, min_bytes: int, *, move: bool, refuse_cuda: bool) -> None:
         self.found = _Blobs(min_bytes)  # no reference back: the pickler is freed at once
         super().__init__(file, protocol=5, buffer_callback=self.found)  # type: ignore[call-arg]
         self.min_bytes = min_bytes
-        self.move = move
         self.refuse_cuda = refuse_cuda
-        self.sent = sent
-        self._copied: dict[int, FdRef] = {}
+        self.placement = Placement(move=move)
 
     def persistent_id(self, obj: Any) -> Any:
         kind = type(obj)
@@ -196,23 +196,9 @@ class _Sharing:
         storage = obj.untyped_storage()
         if storage.nbytes() < self.min_bytes:
             return None
-        ref = self._moved(storage) if self.move else self._copy(storage, torch)
+        index = self.placement.index(storage)
         layout = (obj.dtype, obj.storage_offset(), tuple(obj.size()), obj.stride())
-        return ("tensor", ref, layout, obj.requires_grad)
-
-    def _moved(self, storage: Any) -> FdRef:
-        fd, nbytes = _share_fd(storage)
-        self.sent.keep.append(storage)
-        return FdRef(os.getpid(), fd, os.fstat(fd).st_ino, nbytes)
-
-    def _copy(self, storage: Any, torch: Any) -> FdRef:
-        """The storage's bytes in a file of their own (a worker's result: the
-        worker's tensor stays as it is, and one copy is all the launcher holds)."""
-        key = storage.data_ptr()
-        if key not in self._copied:
-            as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
-            self._copied[key] = _write_file([memoryview(as_bytes).cast("B")], self.sent)
-        return self._copied[key]
+        return ("tensor", index, layout, obj.requires_grad)
 
 
 _CUDA_MESSAGE = (
@@ -242,21 +228,13 @@ def _shareable(obj: Any, torch: Any) -> bool:
     )
 
 
-def _share_fd(storage: Any) -> tuple[int, int]:
-    """Move ``storage`` to unnamed shared memory in place (as ``share_memory_()`` does
-    with torch's default strategy, holding its bytes once: ``_shared_move``); its
-    descriptor and size. The descriptor is the storage's own: it stays open while
-    the storage lives. A storage shared already keeps its memory."""
-    if storage.is_shared():
-        return _torch_internals.share_fd(storage)
-    return move_to_memfd(storage)
-
-
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, views: list[memoryview], buffers: list[Any]) -> None:
+    def __init__(
+        self, file: io.BytesIO, views: list[memoryview], buffers: list[Any], mapper: Mapper
+    ) -> None:
         super().__init__(file, buffers=buffers)
         self._views = views
-        self._storages: dict[FdRef, Any] = {}
+        self._mapper = mapper
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0]
@@ -270,38 +248,13 @@ class _Unpickler(pickle.Unpickler):
             return self._tensor(*pid[1:])
         raise pickle.UnpicklingError(f"unknown shared object {kind!r}")
 
-    def _tensor(self, ref: FdRef, layout: tuple[Any, ...], requires_grad: bool) -> Any:
+    def _tensor(self, index: int, layout: tuple[Any, ...], requires_grad: bool) -> Any:
         import torch
 
-        storage = self._storages.get(ref)
-        if storage is None:
-            storage = self._storages[ref] = _map_storage(ref, torch)
+        storage = self._mapper.storage(index)
         dtype, offset, size, stride = layout
         tensor = torch.empty(0, dtype=dtype).set_(storage, offset, size, stride)
         return tensor.requires_grad_(requires_grad)
-
-
-def _map_storage(ref: FdRef, torch: Any) -> Any:
-    fd = _open(ref)
-    try:
-        return torch.UntypedStorage.from_file(f"/proc/self/fd/{fd}", shared=True, nbytes=ref.nbytes)
-    finally:
-        os.close(fd)
-
-
-def _open(ref: FdRef) -> int:
-    """Our own descriptor of the sender's file, checked to be the one it sent."""
-    try:
-        fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        raise RuntimeError(
-            f"cannot open the shared memory of process {ref.pid} (fd {ref.fd}): {exc}; "
-            f"the sending process must be alive and of the same user, with /proc mounted"
-        ) from exc
-    if os.fstat(fd).st_ino != ref.inode:
-        os.close(fd)
-        raise RuntimeError(f"the shared memory of process {ref.pid} was freed before use")
-    return fd
 
 
 def _layout(blobs: list[memoryview]) -> list[tuple[int, int]]:
@@ -338,7 +291,7 @@ class Shared:
         self.payload = payload
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return receive, (self.payload,)
+        return _receive_result, (self.payload,)
 
 
 _results: list[Sent] = []  # a worker's results stay mapped until it exits

@@ -179,6 +179,27 @@ def join_process_group(ctx: WorkerContext) -> None:
         world_size=ctx.world_size,
         **options,
     )
+    _wait_for_every_rank(ctx)
+
+
+def _wait_for_every_rank(ctx: WorkerContext) -> None:
+    """Return once every rank has joined the group, not just this one.
+
+    gloo connects the ranks pairwise inside ``init_process_group``, and a rank
+    leaves it as soon as its own side of each pair is up: a fast rank could run
+    the user's code and end (failing, or returning) while a slower peer still
+    waits for its half of the connection, which then fails with "Connection
+    closed by peer" before any user code ran. One barrier, a message from every
+    rank (a few milliseconds), rules that out.
+    """
+    import torch.distributed as dist
+
+    if ctx.world_size == 1:
+        return
+    if ctx.dist_backend == "nccl":
+        dist.barrier(device_ids=[ctx.assigned_device.index or 0])
+    else:
+        dist.barrier()
 
 
 def _attempt_store(ctx: WorkerContext) -> Any:
