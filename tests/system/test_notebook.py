@@ -134,7 +134,9 @@ def _interrupted_launch(nb_client: NotebookClient, index: int, pid_dir: Path) ->
         interrupter.join(WORKERS_UP_TIMEOUT_S + 10)
     assert len(interrupter.workers) == 2, "the workers never wrote their pid files"
     error_outputs = [o for o in cell.outputs if o.output_type == "error"]
-    assert [o.ename for o in error_outputs] == ["KeyboardInterrupt"], errors(cell) or cell.outputs
+    # icelaunch.LaunchStopped, a KeyboardInterrupt for SIGINT
+    assert [o.ename for o in error_outputs] == ["LaunchStopped"], errors(cell) or cell.outputs
+    assert "stopped by SIGINT" in error_outputs[0].evalue
     leftover = _wait_gone(interrupter.workers, GONE_TIMEOUT_S)
     for proc in leftover:
         proc.kill()

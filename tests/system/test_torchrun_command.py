@@ -51,7 +51,7 @@ def test_signals_to_handle_are_passed_on_and_the_launch_goes_on(tmp_path: Path) 
     code = proc.wait(timeout=60)
     assert code == 0, out.read_text()[-2000:]
     assert sorted(p.name for p in tmp_path.glob("winch-*")) == ["winch-0", "winch-1"]
-    assert "SIGWINCH passed on to the ranks" in out.read_text()
+    assert "SIGWINCH passed on to ranks 0, 1" in out.read_text()
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     for p in alive:
         p.kill()

@@ -289,7 +289,7 @@ class Agent(LocalElasticAgent):
         only); another signal (e.g. SIGUSR1 from ``--signals-to-handle``) as it is."""
         return signal.SIGTERM if is_stop(death_sig) else death_sig
 
-    def _stop(self, death_sig: signal.Signals, settle_s: float) -> None:
+    def _stop(self, death_sig: signal.Signals, settle_s: float, stacks: bool = True) -> None:
         """Stop the workers our way, then let torch close its process context.
 
         Workers get :meth:`_first_signal` of what the launcher received, then SIGKILL.
@@ -301,9 +301,8 @@ class Agent(LocalElasticAgent):
             self._signals.stopping = True  # a stop signal now only notes itself
         if self._workers:
             self._note_exits()
-            self._take_stacks(
-                _torch_internals.worker_group(self)
-            )  # of the ranks about to be stopped
+            if stacks:  # of the ranks about to be stopped
+                self._take_stacks(_torch_internals.worker_group(self))
             died_before = set(self._died)
             sent = _stop.stop_workers(
                 self._workers, self._first_signal(death_sig), mark=self._mark, settle_s=settle_s
@@ -332,9 +331,12 @@ class Agent(LocalElasticAgent):
         outcome = StopOutcome(sig, self._grace_s)
         self.stop_outcome = outcome
         if self._workers:
-            self._write_stop_file(sig)
+            began = time.monotonic()
+            self._write_stop_file(sig)  # ranks that poll stop_requested() start saving now
             if self._reports_done:
                 _procs.release_workers(_torch_internals.process_context(self))
+            self._note_exits()
+            self._take_stacks(group)  # where the ranks were when the stop came (shown)
             asked = self._to_signal()
             logger.warning(
                 "%s: stopping; the ranks have up to %s s to exit on their own "
@@ -343,10 +345,11 @@ class Agent(LocalElasticAgent):
                 f"{self._grace_s:g}",
             )
             first = self._first_signal(sig)
-            left = _stop.ask_to_stop(self._workers, first, asked, self._grace_s, signals.fileno())
+            grace = max(0.0, self._grace_s - (time.monotonic() - began))  # from the signal
+            left = _stop.ask_to_stop(self._workers, first, asked, grace, signals.fileno())
             outcome.cut_short = bool(left) and _readable(signals.fileno())
             outcome.killed = {group.workers[w.local_rank].global_rank for w in left}
-            self._stop(signal.SIGKILL if left else sig, 0.0)
+            self._stop(signal.SIGKILL if left else sig, 0.0, stacks=False)
             outcome.exits = {
                 group.workers[r].global_rank: code for r, (code, _) in sorted(self.exits.items())
             }
