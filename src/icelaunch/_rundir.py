@@ -66,10 +66,14 @@ OTHER_STOP_SIGNALS: tuple[str, ...] = (
 )
 #: signals passed on to every rank while the launch goes on (SLURM's preemption notice)
 FORWARDED_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2")
-#: the signal a rank answers with its Python stacks (faulthandler, from C). A real-time
-#: one: SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption) and torch's own
-#: fatal-signal handler; glibc keeps the two below SIGRTMIN.
-STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
+#: the signal a rank answers with its Python stacks (faulthandler, from C). SIGURG: its
+#: default action is to ignore it, so a process without our handler (not set up yet,
+#: or replaced by an exec) is never killed by it; Python, torch and glibc leave it
+#: alone and debuggers pass it on silently (Go's runtime picked it for the same
+#: reasons). SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption), and a
+#: real-time signal's default action kills.
+STACK_SIGNAL: int | None = int(signal.SIGURG) if hasattr(signal, "SIGURG") else None
+STACK_SIGNAL_NAME = "SIGURG"
 #: the console prefix of every line, unless log_line_prefix_template says otherwise
 PREFIX_TEMPLATE = "[rank${rank}]: "
 #: what a worker tells the console relay when it attaches: the prefix's fields
@@ -206,7 +210,11 @@ def stacks_path(run_dir: str, attempt: int, local_rank: int) -> str:
 
 
 def ready_path(run_dir: str, attempt: int, local_rank: int) -> str:
-    """The file whose existence says the rank answers the stack signal: ``pid start rank``."""
+    """The file whose existence says the rank set up its stack handler: ``pid start rank``.
+
+    The launcher signals the rank only while ``/proc`` also shows a handler for
+    :data:`STACK_SIGNAL` (an exec keeps the pid and start time, not the handler).
+    """
     return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.pid")
 
 
