@@ -35,6 +35,7 @@ class Rank:
     rank: int
     local_rank: int
     pid: int
+    start: str  # its start time: with the pid, this process for good
     path: str
     listens: bool  # its handler for the stack signal is still in place (no exec since)
 
@@ -71,7 +72,7 @@ def _read_ready(run_dir: str, attempt: int, local_rank: int) -> Rank | None:
         return None  # exited (its pid may belong to another process by now)
     path = _rundir.stacks_path(run_dir, attempt, local_rank)
     listens = STACK_SIGNAL is not None and _proc.catches(pid, STACK_SIGNAL)
-    return Rank(int(rank_text), local_rank, pid, path, listens)
+    return Rank(int(rank_text), local_rank, pid, start, path, listens)
 
 
 def take(
@@ -109,12 +110,21 @@ def ask(
     for r, info in list(asked.items()):
         try:
             # checked right before the signal: a rank that exec'd has no handler any more
-            if not _proc.catches(info.pid, STACK_SIGNAL):
+            if not listens(info):
                 raise ProcessLookupError
             os.kill(info.pid, STACK_SIGNAL)
         except OSError:
             del asked[r]
     return _read_dumps(asked, offsets, bound)
+
+
+def listens(rank: Rank) -> bool:
+    """Whether ``rank``'s process still runs and has a handler for the stack signal."""
+    return (
+        STACK_SIGNAL is not None
+        and _rundir.start_time(rank.pid) == rank.start
+        and _proc.catches(rank.pid, STACK_SIGNAL)
+    )
 
 
 def why_silent(ranks: Mapping[int, Rank], answered: Collection[int]) -> dict[int, str]:

@@ -117,6 +117,8 @@ class Watch:
         """Ranks that did not answer are not asked again during this attempt (their
         program may handle the stack signal itself): said once."""
         for rank in sorted(set(asked) - set(dumps)):
+            if not _collect.listens(asked[rank]):
+                continue  # it ended, or replaced itself by exec, meanwhile
             self._silent.add(rank)
             logger.warning(
                 "rank %s did not answer the stack signal (%s) within %g s: its stacks cannot "
