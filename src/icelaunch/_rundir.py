@@ -13,7 +13,7 @@ A launch's files::
     +-- <n>/                                         run folder of port attempt n
         +-- failure-A-L.pkl                          rank's exception report (worker)
         +-- started-A-L                              its function began (worker)
-        +-- stacks-A-L.txt / stacks-A-L.pid          stack dumps / "pid start rank"
+        +-- stacks-A-L.txt / stacks-A-L.sigurg       stack dumps / "pid start rank"
         +-- crash-A-L.txt                            faulthandler at a native crash
         +-- stderr-A-L.log                           a failed rank's last stderr bytes
                                                      (the launcher, for its report)
@@ -215,11 +215,13 @@ def ready_path(run_dir: str, attempt: int, local_rank: int) -> str:
     The launcher signals the rank only while ``/proc`` also shows a handler for
     :data:`STACK_SIGNAL` (an exec keeps the pid and start time, not the handler).
     """
-    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.pid")
+    # the name says which signal the rank answers: a launcher or `icelaunch stacks` of an
+    # earlier release (SIGRTMIN+7, ``.pid`` files) finds no such rank, so never kills it
+    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.sigurg")
 
 
 #: matches a ready file's name; groups: attempt, local rank
-READY_PATTERN = r"^stacks-(\d+)-(\d+)\.pid$"
+READY_PATTERN = r"^stacks-(\d+)-(\d+)\.sigurg$"
 
 
 def crash_path(run_dir: str, attempt: int, local_rank: int) -> str:

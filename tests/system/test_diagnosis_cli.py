@@ -69,7 +69,9 @@ if __name__ == "__main__":
 """
 
 
-def _driver(tmp_path: Path, fn: str) -> tuple[subprocess.Popen[str], Path]:
+def _driver(
+    tmp_path: Path, fn: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Path]:
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     folder = tmp_path / "ranks"
@@ -79,6 +81,7 @@ def _driver(tmp_path: Path, fn: str) -> tuple[subprocess.Popen[str], Path]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     wait_for_pid_files(folder, 3, proc)
     return proc, folder
@@ -116,24 +119,30 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
             assert "icelaunch/_worker/" not in block, block
 
 
-def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
+def _icelaunch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "icelaunch", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
 def test_icelaunch_stacks_from_another_process_leaves_the_job_running(tmp_path: Path) -> None:
-    proc, folder = _driver(tmp_path, "trains_until_told")
+    # a temp directory of its own: `icelaunch stacks` without a pid asks every launch
+    # it finds there, and must not signal those of suites running beside this one
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(own_tmp)}
+    proc, folder = _driver(tmp_path, "trains_until_told", env)
     try:
         for _ in range(5):
-            shown = _icelaunch("stacks", str(proc.pid))
+            shown = _icelaunch("stacks", str(proc.pid), env=env)
             assert shown.returncode == 0, shown.stderr
             assert f"launch {proc.pid}" in shown.stdout
             assert "in trains_until_told" in shown.stdout
-        everything = _icelaunch("stacks")
+        everything = _icelaunch("stacks", env=env)
         assert f"launch {proc.pid}" in everything.stdout
     finally:
         (folder / "finish").write_text("")

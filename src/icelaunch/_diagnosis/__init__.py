@@ -8,7 +8,7 @@ Data flow::
       (or stderr, if the program enables it)      the rank's report (crash file, else stderr)
     faulthandler.register(STACK_SIGNAL)           take()/ask(): SIGURG to each rank whose
         -> stacks-A-L.txt (appended)       ---->  handler is in place (ready file + SigCgt in
-    stacks-A-L.pid: "pid start-time rank"  ---->  /proc: never a stranger that reused a pid,
+    stacks-A-L.sigurg: "pid start rank"    ---->  /proc: never a stranger that reused a pid,
                                                   never a program that replaced it by exec),
                                                   read its dump, about 1 s for all ranks;
                                                   why_silent(): a note for each that gave none
