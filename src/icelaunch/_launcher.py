@@ -89,9 +89,13 @@ class ElasticLauncher(Configurable):
                 ``${group_rank}`` (or ``${node_rank}``), ``${hostname}``; ``""`` for none.
             timeout: seconds for the whole call; when they pass, the ranks' stacks
                 are taken, the workers stopped and ``LaunchTimeoutError`` raised.
-            hang_timeout: seconds without any rank's Python stack changing (sampled
-                while the job runs) after which the job is judged hung and handled
-                as for ``timeout``.
+            hang_timeout: seconds in which no rank computes (CPU time of its
+                threads or the processes it started), wakes up from a wait, or
+                changes its Python stack, after which the job is judged hung and
+                handled as for ``timeout``. A rank blocked in a collective, a lock,
+                a sleep or I/O is hung; one that computes is not, a busy loop in
+                pure Python included (``timeout`` bounds it). The rule in full:
+                docs/failures.md, "Time limits".
             collective_timeout: seconds a collective may wait for its peers before it
                 raises in the ranks (``init_process_group(timeout=...)``, gloo and
                 nccl); None keeps torch's default (10 min for nccl, 30 min for gloo).

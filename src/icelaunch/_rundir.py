@@ -13,7 +13,7 @@ A launch's files::
     +-- <n>/                                         run folder of port attempt n
         +-- failure-A-L.pkl                          rank's exception report (worker)
         +-- started-A-L                              its function began (worker)
-        +-- stacks-A-L.txt / stacks-A-L.pid          stack dumps / "pid start rank"
+        +-- stacks-A-L.txt / stacks-A-L.sigurg       stack dumps / "pid start rank"
         +-- crash-A-L.txt                            faulthandler at a native crash
         +-- stderr-A-L.log                           a failed rank's last stderr bytes
                                                      (the launcher, for its report)
@@ -66,10 +66,14 @@ OTHER_STOP_SIGNALS: tuple[str, ...] = (
 )
 #: signals passed on to every rank while the launch goes on (SLURM's preemption notice)
 FORWARDED_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2")
-#: the signal a rank answers with its Python stacks (faulthandler, from C). A real-time
-#: one: SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption) and torch's own
-#: fatal-signal handler; glibc keeps the two below SIGRTMIN.
-STACK_SIGNAL: int | None = int(signal.SIGRTMIN) + 7 if hasattr(signal, "SIGRTMIN") else None
+#: the signal a rank answers with its Python stacks (faulthandler, from C). SIGURG: its
+#: default action is to ignore it, so a process without our handler (not set up yet,
+#: or replaced by an exec) is never killed by it; Python, torch and glibc leave it
+#: alone and debuggers pass it on silently (Go's runtime picked it for the same
+#: reasons). SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption), and a
+#: real-time signal's default action kills.
+STACK_SIGNAL: int | None = int(signal.SIGURG) if hasattr(signal, "SIGURG") else None
+STACK_SIGNAL_NAME = "SIGURG"
 #: the console prefix of every line, unless log_line_prefix_template says otherwise
 PREFIX_TEMPLATE = "[rank${rank}]: "
 #: what a worker tells the console relay when it attaches: the prefix's fields
@@ -206,12 +210,18 @@ def stacks_path(run_dir: str, attempt: int, local_rank: int) -> str:
 
 
 def ready_path(run_dir: str, attempt: int, local_rank: int) -> str:
-    """The file whose existence says the rank answers the stack signal: ``pid start rank``."""
-    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.pid")
+    """The file whose existence says the rank set up its stack handler: ``pid start rank``.
+
+    The launcher signals the rank only while ``/proc`` also shows a handler for
+    :data:`STACK_SIGNAL` (an exec keeps the pid and start time, not the handler).
+    """
+    # the name says which signal the rank answers: a launcher or `icelaunch stacks` of an
+    # earlier release (SIGRTMIN+7, ``.pid`` files) finds no such rank, so never kills it
+    return os.path.join(run_dir, f"stacks-{attempt}-{local_rank}.sigurg")
 
 
 #: matches a ready file's name; groups: attempt, local rank
-READY_PATTERN = r"^stacks-(\d+)-(\d+)\.pid$"
+READY_PATTERN = r"^stacks-(\d+)-(\d+)\.sigurg$"
 
 
 def crash_path(run_dir: str, attempt: int, local_rank: int) -> str:

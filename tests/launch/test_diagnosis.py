@@ -8,10 +8,12 @@ seen by the conftest check, which skips multiprocessing's helpers).
 from __future__ import annotations
 
 import ctypes
+import faulthandler
+import logging
 import os
 import pickle
-import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch.distributed as dist
 
 from helpers import assert_gone, pid_files, wait_for_pid_files
 from icelaunch import ElasticLauncher, LaunchTimeoutError, WorkerFailedError
+from icelaunch._rundir import STACK_SIGNAL
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -49,6 +52,17 @@ def spinning_in_python() -> None:
         pass
 
 
+def blocked_on_a_lock() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()  # never released
+
+
+def blocked_reading_a_pipe() -> None:
+    r, _w = os.pipe()  # nobody writes (the write end stays open): the read waits forever
+    os.read(r, 1)
+
+
 def rank1_sleeps_others_all_reduce(launcher: ElasticLauncher, folder: str) -> None:
     _here(folder, launcher.rank)
     if launcher.rank == 1:
@@ -57,12 +71,39 @@ def rank1_sleeps_others_all_reduce(launcher: ElasticLauncher, folder: str) -> No
 
 
 def eight_ranks(launcher: ElasticLauncher, folder: str) -> None:
+    """Blocked every way a rank can be: a collective, a sleep, a lock, I/O."""
     _here(folder, launcher.rank)
     if launcher.rank == 3:
         stuck_in_sleep()
     if launcher.rank == 5:
+        blocked_on_a_lock()
+    if launcher.rank == 6:
+        blocked_reading_a_pipe()
+    dist.all_reduce(torch.ones(1))
+
+
+def rank1_spins_others_all_reduce(launcher: ElasticLauncher, folder: str) -> None:
+    _here(folder, launcher.rank)
+    if launcher.rank == 1:
         spinning_in_python()
     dist.all_reduce(torch.ones(1))
+
+
+def computes(launcher: ElasticLauncher, seconds: float) -> int:
+    """The issue's loop: matmuls of 0.1 s and more, no system call, no wait, one line."""
+    torch.manual_seed(launcher.rank)
+    a, w = torch.randn(1200, 1200), torch.randn(1200, 1200) / 40
+    steps, end = 0, time.monotonic() + seconds  # (the clock is read without a system call)
+    while time.monotonic() < end:
+        a = torch.tanh(a @ w)
+        steps += 1
+    return steps
+
+
+def handles_the_stack_signal_itself(launcher: ElasticLauncher, folder: str) -> None:
+    assert STACK_SIGNAL is not None
+    signal.signal(STACK_SIGNAL, lambda *_: None)
+    rank1_sleeps_others_all_reduce(launcher, folder)
 
 
 def mismatched(launcher: ElasticLauncher, folder: str) -> None:
@@ -97,6 +138,11 @@ def crash_in_native_code(launcher: ElasticLauncher) -> None:
     time.sleep(600)
 
 
+def crash_with_own_faulthandler(launcher: ElasticLauncher) -> None:
+    faulthandler.enable()  # the program's own: to stderr, in place of icelaunch's file
+    crash_in_native_code(launcher)
+
+
 # ---- stacks at a time limit -----------------------------------------------------
 
 
@@ -126,20 +172,63 @@ def test_timeout_names_file_function_and_line_of_the_stuck_rank(tmp_path: Path) 
 
 
 def test_hang_timeout_judges_eight_ranks_hung_and_groups_them(tmp_path: Path) -> None:
-    launcher = ElasticLauncher("cpu:0-7", hang_timeout=3).freeze()
+    launcher = ElasticLauncher("cpu:0-7", hang_timeout=3, timeout=120).freeze()
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(eight_ranks, launcher, str(tmp_path))
     assert_all_gone(pid_files(tmp_path))
     err = info.value
-    assert err.reason == "hang"
+    assert err.reason == "hang", str(err)
     message = str(err)
-    assert "no rank's Python stack changed" in message and "hang_timeout=3 s" in message
+    assert "no rank computed, woke up from a wait or changed its Python stack" in message
+    assert "hang_timeout=3 s" in message
     assert "\nrank 3: time.sleep(600)  (test_diagnosis.py:" in message
-    assert re.search(r"\nrank 5: .*\(test_diagnosis\.py:\d+ in spinning_in_python\)", message)
-    assert "\nranks 0-2,4,6-7: dist.all_reduce(torch.ones(1))" in message
-    assert message.index("rank 3:") < message.index("ranks 0-2,4,6-7:")
+    assert "\nrank 5: lock.acquire()  # never released  (test_diagnosis.py:" in message
+    assert "\nrank 6: os.read(r, 1)  (test_diagnosis.py:" in message
+    assert "\nranks 0-2,4,7: dist.all_reduce(torch.ones(1))" in message
+    assert message.index("rank 3:") < message.index("ranks 0-2,4,7:")
     assert sorted(err.stacks) == list(range(8))
-    assert "in spinning_in_python" in err.stacks[5]
+    assert "in blocked_on_a_lock" in err.stacks[5] and "in blocked_reading_a_pipe" in err.stacks[6]
+
+
+def test_hang_timeout_leaves_a_busy_compute_loop_alone() -> None:
+    # each step is matmuls on one line, without a system call or a wait: every stack
+    # sample is the same and the main thread never sleeps, yet the ranks compute
+    launcher = ElasticLauncher("cpu:0-1", hang_timeout=3).freeze()
+    steps = launcher(computes, launcher, 12.0)
+    assert sorted(steps) == [0, 1] and min(steps.values()) > 0
+
+
+def test_a_rank_spinning_in_python_counts_as_computing(tmp_path: Path) -> None:
+    # from outside a busy-wait is a computation (CPU time, one line): not judged hung,
+    # the job runs on until its timeout, which then shows where every rank was
+    launcher = ElasticLauncher("cpu:0-1", hang_timeout=2, timeout=TIMEOUT_S).freeze()
+    with pytest.raises(LaunchTimeoutError) as info:
+        launcher(rank1_spins_others_all_reduce, launcher, str(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
+    err = info.value
+    assert err.reason == "timeout", str(err)
+    assert "in spinning_in_python" in err.stacks[1]
+    assert "dist.all_reduce(torch.ones(1))" in err.stacks[0]
+
+
+def test_a_job_that_handles_the_stack_signal_itself_is_still_judged_hung(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    launcher = ElasticLauncher("cpu:0-1", hang_timeout=3, timeout=120).freeze()
+    with (
+        caplog.at_level(logging.WARNING, logger="icelaunch._diagnosis._watch"),
+        pytest.raises(LaunchTimeoutError) as info,
+    ):
+        launcher(handles_the_stack_signal_itself, launcher, str(tmp_path))
+    assert_all_gone(pid_files(tmp_path))
+    err = info.value
+    assert err.reason == "hang", str(err)
+    note = "(no stack: it did not answer the stack signal (SIGURG) within 1 s; does its"
+    assert f"ranks 0-1: {note}" in str(err)
+    assert err.stacks[0].startswith(note) and err.stacks[1].startswith(note)
+    warned = [r.getMessage() for r in caplog.records]
+    for rank in (0, 1):  # said once per rank
+        assert sum(m.startswith(f"rank {rank} did not answer the stack") for m in warned) == 1
 
 
 def test_mismatched_collectives_show_each_ranks_call(tmp_path: Path) -> None:
@@ -207,6 +296,19 @@ def test_segfault_reports_the_python_stack_at_the_crash() -> None:
     assert f'> File "{THIS_FILE}", line {line}, in crash_in_native_code' in detail.traceback
     assert "ctypes.string_at(0)" in detail.traceback
     assert "icelaunch/_worker/" not in detail.traceback
+
+
+def test_a_segfault_under_the_programs_own_faulthandler_still_reports_its_stack() -> None:
+    launcher = ElasticLauncher("cpu:0-1").freeze()
+    with pytest.raises(WorkerFailedError) as info:
+        launcher(crash_with_own_faulthandler, launcher)
+    detail = info.value.details[1]
+    assert detail.signal_name == "SIGSEGV"
+    assert "Fatal Python error: Segmentation fault" in detail.traceback
+    line = crash_in_native_code.__code__.co_firstlineno + 3
+    assert f'> File "{THIS_FILE}", line {line}, in crash_in_native_code' in detail.traceback
+    assert "in crash_with_own_faulthandler" in detail.traceback
+    assert "crashed in native code (SIGSEGV)" in detail.message
 
 
 def test_a_plain_sigkill_stays_a_sigkill() -> None:

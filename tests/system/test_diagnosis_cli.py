@@ -69,7 +69,9 @@ if __name__ == "__main__":
 """
 
 
-def _driver(tmp_path: Path, fn: str) -> tuple[subprocess.Popen[str], Path]:
+def _driver(
+    tmp_path: Path, fn: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Path]:
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     folder = tmp_path / "ranks"
@@ -79,6 +81,7 @@ def _driver(tmp_path: Path, fn: str) -> tuple[subprocess.Popen[str], Path]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     wait_for_pid_files(folder, 3, proc)
     return proc, folder
@@ -116,24 +119,30 @@ def test_traceback_of_a_function_from_main_names_its_real_file(tmp_path: Path) -
             assert "icelaunch/_worker/" not in block, block
 
 
-def _icelaunch(*args: str) -> subprocess.CompletedProcess[str]:
+def _icelaunch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "icelaunch", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
 def test_icelaunch_stacks_from_another_process_leaves_the_job_running(tmp_path: Path) -> None:
-    proc, folder = _driver(tmp_path, "trains_until_told")
+    # a temp directory of its own: `icelaunch stacks` without a pid asks every launch
+    # it finds there, and must not signal those of suites running beside this one
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(own_tmp)}
+    proc, folder = _driver(tmp_path, "trains_until_told", env)
     try:
         for _ in range(5):
-            shown = _icelaunch("stacks", str(proc.pid))
+            shown = _icelaunch("stacks", str(proc.pid), env=env)
             assert shown.returncode == 0, shown.stderr
             assert f"launch {proc.pid}" in shown.stdout
             assert "in trains_until_told" in shown.stdout
-        everything = _icelaunch("stacks")
+        everything = _icelaunch("stacks", env=env)
         assert f"launch {proc.pid}" in everything.stdout
     finally:
         (folder / "finish").write_text("")
@@ -221,6 +230,90 @@ def test_script_segfault_reports_the_python_stack_at_the_crash(tmp_path: Path) -
     assert f'> File "{script}", line 7, in crash_in_a_script' in result.stderr
     # rank 0 was stopped while it slept: its stack is in the report
     assert "rank 0: time.sleep(600)  (job.py:13 in <module>)" in result.stderr
+
+
+# ---- ranks that run another program: `--no-python`, a script that exec's ----------
+
+WRAPPER = """#!/bin/sh
+echo $$ > "{folder}/$RANK.pid"
+echo "rank $RANK runs"
+{body}
+"""
+
+WRAPPED = {  # what the wrapper runs, its --hang-timeout, the exit status it must end with
+    "sleeps 6 s": ("sleep 6", 30, 0),
+    # a child that computes for 10 s: the rank's own process only waits for it
+    "runs a child that computes": (
+        f"{sys.executable} -c 'import time; t = time.monotonic() + 10\n"
+        "while time.monotonic() < t: pass'",
+        3,
+        0,
+    ),
+    "sleeps for good": ("sleep 600", 3, 124),
+}
+
+
+def _wrapper(tmp_path: Path, body: str) -> Path:
+    folder = tmp_path / "ranks"
+    folder.mkdir()
+    script = tmp_path / "run.sh"
+    script.write_text(WRAPPER.format(folder=folder, body=body))
+    script.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(WRAPPED))
+def test_a_no_python_rank_is_judged_by_what_it_does_and_never_signalled(
+    tmp_path: Path, case: str
+) -> None:
+    body, hang_timeout, status = WRAPPED[case]
+    folder = _wrapper(tmp_path, body)
+    argv = [sys.executable, "-m", "icelaunch", "--devices", "cpu:0-1", "--no-python"]
+    argv.append(f"--hang-timeout={hang_timeout}")
+    proc = subprocess.Popen(
+        [*argv, "./run.sh"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for_pid_files(folder, 2, proc)
+        shown = _icelaunch("stacks", str(proc.pid))  # the stack signal, asked from outside
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert_all_gone(pid_files(folder))
+    assert proc.returncode == status, err[-3000:]
+    note = "ranks 0-1: (no Python stack: it runs `/bin/sh ./run.sh` without icelaunch's stack"
+    assert note in shown.stdout, shown.stdout + shown.stderr
+    assert "rank 0 runs" in out and "rank 1 runs" in out
+    if status:
+        assert "no rank computed, woke up from a wait or changed its Python stack" in err
+        assert note in err
+
+
+EXECS_ITSELF = """
+import os, sys, time
+from pathlib import Path
+if sys.argv[-1] != "again":
+    os.execv(sys.executable, [sys.executable, *sys.argv, "again"])
+Path(sys.argv[1], os.environ["RANK"] + ".pid").write_text(str(os.getpid()))
+time.sleep(6)
+print("rank", os.environ["RANK"], "done after exec")
+"""
+
+
+def test_a_script_that_execs_itself_is_never_signalled(tmp_path: Path) -> None:
+    argv, folder = _command(tmp_path, EXECS_ITSELF, "--hang-timeout=30")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_pid_files(folder, 2, proc)
+        shown = _icelaunch("stacks", str(proc.pid))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert_all_gone(pid_files(folder))
+    assert proc.returncode == 0, err[-3000:]
+    assert "rank 0 done after exec" in out and "rank 1 done after exec" in out
+    assert "ranks 0-1: (no Python stack: it runs `" in shown.stdout, shown.stdout
 
 
 # ---- out of memory, in a real memory cgroup ----------------------------------------
@@ -387,7 +480,7 @@ def test_script_time_limits_show_where_the_ranks_are(tmp_path: Path, option: str
     argv, _ = _command(tmp_path, HANG_AFTER_STEPS, option)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert result.returncode == 124, result.stderr
-    why = "timeout=30 s" if "=30" in option else "no rank's Python stack changed"
+    why = "timeout=30 s" if "=30" in option else "no rank computed, woke up from a wait or"
     assert why in result.stderr
     assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
     assert "rank 0: dist.all_reduce(torch.ones(1))  (job.py:14 in <module>)" in result.stderr
@@ -424,19 +517,19 @@ def test_a_script_named_stacks_runs_as_dot_slash_stacks(tmp_path: Path) -> None:
 # ---- the same stops for scripts: 8 ranks grouped, mismatched collectives, a peer failing
 
 EIGHT_RANKS_SCRIPT = """
-import time
+import threading, time
 import torch, torch.distributed as dist
 import icelaunch
 
-def spinning_in_a_script():
-    while True: pass
+def blocked_on_a_lock():
+    lock = threading.Lock(); lock.acquire(); lock.acquire()
 
 ctx = icelaunch.init_process_group()
 dist.barrier()
 if ctx.rank == 3:
     time.sleep(600)
 if ctx.rank == 5:
-    spinning_in_a_script()
+    blocked_on_a_lock()
 dist.all_reduce(torch.ones(1))
 """
 
@@ -477,15 +570,15 @@ SCRIPT_STOPS = {  # script, devices, options, exit status, what the report must 
     "eight ranks": (
         EIGHT_RANKS_SCRIPT, "cpu:0-7", ["--hang-timeout=3"], 124,
         [
-            "no rank's Python stack changed",
+            "no rank computed, woke up from a wait or changed its Python stack",
             "\nrank 3: time.sleep(600)  (job.py:12 in <module>)",
-            "\nrank 5: while True: pass  (job.py:7 in spinning_in_a_script)",
+            "\nrank 5: lock = threading.Lock(); lock.acquire(); lock.acquire()  (job.py:7 in",
             "\nranks 0-2,4,6-7: dist.all_reduce(torch.ones(1))  (job.py:15 in <module>)",
         ],
     ),
     "mismatched": (
         MISMATCHED_SCRIPT, "cpu:0-1", ["--hang-timeout=3"], 124,
-        ["no rank's Python stack changed"],
+        ["no rank computed, woke up from a wait or changed its Python stack"],
     ),
     "peer failure": (
         PEER_FAILURE_SCRIPT, "cpu:0-2", [], 1,

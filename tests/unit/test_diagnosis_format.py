@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sysconfig
+from pathlib import Path
 
 import pytest
 
 import icelaunch
-from icelaunch import ElasticLauncher
+from icelaunch import ElasticLauncher, _diagnosis
 from icelaunch._diagnosis import _format
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -44,6 +45,33 @@ def test_dump_is_parsed_trimmed_and_marked() -> None:
     assert grouped.splitlines()[0] == "rank 1: other"
     assert "ranks 0,2: train.py:120 in step" in grouped
     assert grouped.splitlines()[-1].startswith("rank 3: no stack")
+
+
+def test_a_rank_without_a_stack_is_shown_by_its_note_on_one_line() -> None:
+    note = "(no Python stack: it runs `/bin/sh ./run.sh` without icelaunch's stack handler)"
+    grouped = _format.group({}, [0, 1, 2], notes={0: note, 1: note})
+    assert grouped.splitlines() == [
+        f"ranks 0-1: {note}",
+        "rank 2: no stack (not yet running Python code of its own, already ended, or no "
+        "answer within the time bound)",
+    ]
+
+
+def test_a_crash_dump_in_the_ranks_stderr_is_found(tmp_path: Path) -> None:
+    # the program called faulthandler.enable() itself: the dump went to its stderr
+    dump = DUMP.format(icelaunch="/x/icelaunch", site=sysconfig.get_paths()["purelib"])
+    stderr = tmp_path / "stderr.log"
+    stderr.write_text(f"a line before\nFatal Python error: Segmentation fault\n\n{dump}\nExt...\n")
+    crash_file = tmp_path / "crash.txt"
+    crash_file.write_text("")
+    text = _diagnosis.crash_stack(str(crash_file), str(stderr))
+    first, *rest = text.splitlines()
+    assert first == "Fatal Python error: Segmentation fault (Python stack at the crash, most " \
+        "recent call last):"  # fmt: skip
+    assert '> File "/home/u/train.py", line 120, in step' in rest
+    assert _diagnosis.crash_stack(str(crash_file), None) == ""
+    crash_file.write_text(f"Fatal Python error: Bus error\n\n{dump}")  # icelaunch's file first
+    assert _diagnosis.crash_stack(str(crash_file), str(stderr)).startswith("Fatal Python error: B")
 
 
 @pytest.mark.parametrize(

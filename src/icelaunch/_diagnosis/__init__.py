@@ -4,15 +4,20 @@ Data flow::
 
     worker (bootstrap calls setup_worker)         launcher (engine's Agent, `icelaunch stacks`)
     ------------------------------------          ------------------------------------------
-    faulthandler.enable -> crash-A-L.txt   ---->  native crash: Python stack in the rank's report
-    faulthandler.register(STACK_SIGNAL)           take(): STACK_SIGNAL to each ready rank, read
-        -> stacks-A-L.txt (appended)       ---->  its dump, bounded to about 1 s for all ranks
-    stacks-A-L.pid: "pid start-time rank"  ---->  which processes may be signalled (never a
-                                                  stranger that reused a pid)
+    faulthandler.enable -> crash-A-L.txt   ---->  crash_stack(): native crash, Python stack in
+      (or stderr, if the program enables it)      the rank's report (crash file, else stderr)
+    faulthandler.register(STACK_SIGNAL)           take()/ask(): SIGURG to each rank whose
+        -> stacks-A-L.txt (appended)       ---->  handler is in place (ready file + SigCgt in
+    stacks-A-L.sigurg: "pid start rank"    ---->  /proc: never a stranger that reused a pid,
+                                                  never a program that replaced it by exec),
+                                                  read its dump, about 1 s for all ranks;
+                                                  why_silent(): a note for each that gave none
                                                   group(): identical stacks once, odd ones first
-                                                  Watch: timeout, hang_timeout, memory peaks,
-                                                  OOM counters -> raises Stopped (the engine
-                                                  turns it into LaunchTimeoutError), causes
+    /proc/<pid>/stat, status (CPU time,    ---->  Watch: timeout, hang_timeout (_progress: a
+      wake-ups, of the rank and its children)     rank computes or wakes up, else its stack
+                                                  changed), memory peaks, OOM counters ->
+                                                  raises Stopped (the engine turns it into
+                                                  LaunchTimeoutError), causes
 
 ``A`` is the attempt (restart count), ``L`` the local rank; the files live in
 the launch's run folder (``_rundir``), under the job folder ``icelaunch_<pid>_*``
@@ -24,7 +29,8 @@ errors (``_engine/_report``); the command line shows it (``cli/_stacks``).
 
 from __future__ import annotations
 
-from icelaunch._diagnosis._collect import ready_ranks, take
+from icelaunch._diagnosis._collect import ask, known_ranks, ready_ranks, take, why_silent
+from icelaunch._diagnosis._crash import crash_stack
 from icelaunch._diagnosis._format import group, group_texts, stack_text
 from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
@@ -34,11 +40,15 @@ __all__ = [
     "STACK_SIGNAL",
     "Stopped",
     "Watch",
+    "ask",
+    "crash_stack",
     "group",
     "group_texts",
+    "known_ranks",
     "ready_ranks",
     "setup_worker",
     "stack_text",
     "take",
+    "why_silent",
     "without_bootstrap_frames",
 ]

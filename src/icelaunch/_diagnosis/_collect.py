@@ -1,4 +1,9 @@
-"""Launcher side: ask the ranks of one attempt for their stacks and read the dumps."""
+"""Launcher side: ask the ranks of one attempt for their stacks and read the dumps.
+
+A rank is signalled only while its handler is in place: its ready file names
+it (pid and start time) and ``/proc`` shows a handler for the stack signal
+(an ``exec`` keeps the pid and start time but drops the handler).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from icelaunch import _rundir
-from icelaunch._rundir import STACK_SIGNAL
+from icelaunch._diagnosis import _proc
+from icelaunch._rundir import STACK_SIGNAL, STACK_SIGNAL_NAME
 
 TOTAL_BOUND_S = 1.0  # for all ranks together
 _SETTLED_S = 0.03  # a dump that ends at a process's outermost frame is complete after this
@@ -24,16 +30,23 @@ _READY = re.compile(_rundir.READY_PATTERN)
 
 @dataclass(frozen=True)
 class Rank:
-    """A rank that answers the stack signal."""
+    """A live rank that wrote its ready file (its stack handler was set up)."""
 
     rank: int
     local_rank: int
     pid: int
+    start: str  # its start time: with the pid, this process for good
     path: str
+    listens: bool  # its handler for the stack signal is still in place (no exec since)
 
 
 def ready_ranks(run_dir: str, attempt: int | None = None) -> dict[int, Rank]:
     """Live ranks of ``attempt`` (the latest one if None) that answer the stack signal."""
+    return {r: info for r, info in known_ranks(run_dir, attempt).items() if info.listens}
+
+
+def known_ranks(run_dir: str, attempt: int | None = None) -> dict[int, Rank]:
+    """Live ranks of ``attempt`` (the latest one if None) with a ready file, listening or not."""
     found: dict[int, dict[int, Rank]] = {}
     with contextlib.suppress(OSError):
         for name in os.listdir(run_dir):
@@ -54,10 +67,12 @@ def _read_ready(run_dir: str, attempt: int, local_rank: int) -> Rank | None:
             pid_text, start, rank_text = fh.read().split()
     except (OSError, ValueError):
         return None
-    if _rundir.start_time(int(pid_text)) != start:
+    pid = int(pid_text)
+    if _rundir.start_time(pid) != start:
         return None  # exited (its pid may belong to another process by now)
     path = _rundir.stacks_path(run_dir, attempt, local_rank)
-    return Rank(int(rank_text), local_rank, int(pid_text), path)
+    listens = STACK_SIGNAL is not None and _proc.catches(pid, STACK_SIGNAL)
+    return Rank(int(rank_text), local_rank, pid, start, path, listens)
 
 
 def take(
@@ -76,20 +91,59 @@ def take(
         bound: seconds to wait for all dumps together.
         owner: the launcher itself (it may empty grown dump files); False for onlookers.
     """
-    if STACK_SIGNAL is None:
-        return {}
     ranks = {
         r: info
         for r, info in ready_ranks(run_dir, attempt).items()
         if info.local_rank not in skip_local_ranks
     }
-    offsets = {r: _offset(info.path, owner) for r, info in ranks.items()}
-    for r, info in list(ranks.items()):
+    return ask(ranks, bound, owner)
+
+
+def ask(
+    ranks: Mapping[int, Rank], bound: float = TOTAL_BOUND_S, owner: bool = True
+) -> dict[int, str]:
+    """Raw dumps by global rank from those of ``ranks`` whose handler is in place now."""
+    if STACK_SIGNAL is None:
+        return {}
+    asked = dict(ranks)
+    offsets = {r: _offset(info.path, owner) for r, info in asked.items()}
+    for r, info in list(asked.items()):
         try:
+            # checked right before the signal: a rank that exec'd has no handler any more
+            if not listens(info):
+                raise ProcessLookupError
             os.kill(info.pid, STACK_SIGNAL)
         except OSError:
-            del ranks[r]
-    return _read_dumps(ranks, offsets, bound)
+            del asked[r]
+    return _read_dumps(asked, offsets, bound)
+
+
+def listens(rank: Rank) -> bool:
+    """Whether ``rank``'s process still runs and has a handler for the stack signal."""
+    return (
+        STACK_SIGNAL is not None
+        and _rundir.start_time(rank.pid) == rank.start
+        and _proc.catches(rank.pid, STACK_SIGNAL)
+    )
+
+
+def why_silent(ranks: Mapping[int, Rank], answered: Collection[int]) -> dict[int, str]:
+    """A one-line note for each of ``ranks`` that gave no stack, by global rank."""
+    notes: dict[int, str] = {}
+    for r, info in ranks.items():
+        if r in answered:
+            continue
+        if not info.listens:
+            notes[r] = (
+                f"(no Python stack: it runs `{_proc.command_line(info.pid)}` without icelaunch's "
+                f"stack handler, a program other than Python or one started by exec)"
+            )
+        else:
+            notes[r] = (
+                f"(no stack: it did not answer the stack signal ({STACK_SIGNAL_NAME}) within "
+                f"{TOTAL_BOUND_S:g} s; does its program handle {STACK_SIGNAL_NAME} itself?)"
+            )
+    return notes
 
 
 def _offset(path: str, owner: bool) -> int:

@@ -213,6 +213,9 @@ def group_texts(stacks: Mapping[int, str], expected: Collection[int] = ()) -> st
     blocks = []
     for text, ranks in ordered:
         label = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {rank_list(ranks)}"
+        if _is_note(text):  # a one-line note in parentheses says it all
+            blocks.append(f"{label}: {text}")
+            continue
         body = "\n".join("    " + line for line in text.splitlines())
         blocks.append(f"{label}: {headline(text)}\n{body}")
     silent = sorted(set(expected) - set(stacks))
@@ -225,6 +228,16 @@ def group_texts(stacks: Mapping[int, str], expected: Collection[int] = ()) -> st
     return "\n".join(blocks)
 
 
-def group(dumps: Mapping[int, str], expected: Collection[int] = ()) -> str:
-    """:func:`group_texts` of raw faulthandler dumps."""
-    return group_texts({rank: stack_text(dump) for rank, dump in dumps.items()}, expected)
+def _is_note(text: str) -> bool:
+    return text.startswith("(") and text.endswith(")") and "\n" not in text
+
+
+def group(
+    dumps: Mapping[int, str],
+    expected: Collection[int] = (),
+    notes: Mapping[int, str] | None = None,
+) -> str:
+    """:func:`group_texts` of raw faulthandler dumps, and of ``notes`` (one line in
+    parentheses) for ranks that gave no dump."""
+    texts = {rank: stack_text(dump) for rank, dump in dumps.items()}
+    return group_texts({**(notes or {}), **texts}, expected)

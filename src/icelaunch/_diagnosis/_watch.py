@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from icelaunch._diagnosis import _collect, _format
 from icelaunch._diagnosis._memory import MemoryWatch
+from icelaunch._diagnosis._progress import Meter
+from icelaunch._rundir import STACK_SIGNAL_NAME
 
 logger = logging.getLogger(__name__)
 
 MEMORY_SAMPLE_S = 1.0  # the agent looks at the ranks' peak memory at least this often
 _MIN_HANG_SAMPLE_S = 0.25
 _MAX_HANG_SAMPLE_S = 5.0
-_SAMPLING_WAKES = 3  # wake-ups of a waiting main thread that the sampling signal itself causes
 
 
 class Stopped(Exception):
@@ -39,20 +40,24 @@ class Watch:
             else min(max(hang_timeout / 4, _MIN_HANG_SAMPLE_S), _MAX_HANG_SAMPLE_S)
         )
         self._next_sample = time.monotonic()
-        self._last_keys: dict[int, tuple[_format.Thread, ...]] = {}
-        self._last_wakes: dict[int, int] = {}
+        self._meter = Meter()
+        self._last_keys: dict[int, tuple[_format.Thread, ...]] | None = None
         self._last_change = time.monotonic()
+        self._silent: set[int] = set()  # ranks that did not answer the stack signal
         self.memory = MemoryWatch()
         #: raw dumps of the ranks at the last stop, by global rank
         self.dumps: dict[int, str] = {}
         #: the ranks that were running at the last stop
         self.running: list[int] = []
+        #: why a running rank gave no stack at the last stop, by global rank
+        self.notes: dict[int, str] = {}
 
     def new_attempt(self) -> None:
         """Workers (re)start: forget the previous attempt's stacks and hang clock."""
-        self.dumps, self.running = {}, []
-        self._last_keys, self._last_change = {}, time.monotonic()
-        self._last_wakes = {}
+        self.dumps, self.running, self.notes = {}, [], {}
+        self._last_keys, self._last_change = None, time.monotonic()
+        self._meter.reset()
+        self._silent = set()
 
     def wait_bound(self, poll: float) -> float:
         """How long the agent may wait for events before it must call :meth:`check`."""
@@ -78,35 +83,51 @@ class Watch:
             raise Stopped("timeout", f"the launch ran longer than timeout={self.timeout:g} s")
         if self._hang_every is None or now < self._next_sample:
             return
-        self._sample_hang(run_dir, attempt, now)
+        self._sample_hang(run_dir, attempt, pids, now)
 
-    def _sample_hang(self, run_dir: str, attempt: int, now: float) -> None:
-        """One sample: a rank made progress if its stack changed or its main thread woke
-        up from waits (a training loop whose samples all land in the same collective)."""
-        pids = {rank: info.pid for rank, info in _collect.ready_ranks(run_dir, attempt).items()}
-        wakes = {rank: voluntary_switches(pid) for rank, pid in pids.items()}
-        woke = any(
-            wakes[rank] - self._last_wakes.get(rank, wakes[rank]) > _SAMPLING_WAKES
-            for rank in wakes
-        )
-        self._last_wakes = wakes
-        self._next_sample = time.monotonic() + (self._hang_every or 0)
-        if woke:  # progress, seen from /proc alone: the ranks are not even signalled
-            self._last_keys, self._last_change = {}, now
+    def _sample_hang(self, run_dir: str, attempt: int, pids: Mapping[int, int], now: float) -> None:
+        """One sample: a rank made progress if it computed or woke up (``_progress``),
+        else if its Python stack changed."""
+        self._next_sample = now + (self._hang_every or 0)
+        if not pids or self._meter.moved(pids):  # seen from /proc: no rank is signalled
+            self._last_keys, self._last_change = None, now
             return
-        dumps = _collect.take(run_dir, attempt)
+        ranks = {
+            r: info
+            for r, info in _collect.ready_ranks(run_dir, attempt).items()
+            if r in pids and r not in self._silent
+        }
+        dumps = _collect.ask(ranks)
+        self._note_silent(ranks, dumps)
         keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
         self._next_sample = time.monotonic() + (self._hang_every or 0)
-        if keys != self._last_keys or not keys:
+        if keys != self._last_keys:
             self._last_keys, self._last_change = keys, now
             return
         assert self.hang_timeout is not None
         if now - self._last_change >= self.hang_timeout:
             raise Stopped(
                 "hang",
-                f"the job is judged hung: no rank's Python stack changed, and no rank's main "
-                f"thread woke up from a wait, for {now - self._last_change:.0f} s "
+                f"the job is judged hung: no rank computed, woke up from a wait or changed "
+                f"its Python stack for {now - self._last_change:.0f} s "
                 f"(hang_timeout={self.hang_timeout:g} s), sampled every {self._hang_every:g} s",
+            )
+
+    def _note_silent(self, asked: Mapping[int, _collect.Rank], dumps: Mapping[int, str]) -> None:
+        """Ranks that did not answer are not asked again during this attempt (their
+        program may handle the stack signal itself): said once."""
+        for rank in sorted(set(asked) - set(dumps)):
+            if not _collect.listens(asked[rank]):
+                continue  # it ended, or replaced itself by exec, meanwhile
+            self._silent.add(rank)
+            logger.warning(
+                "rank %s did not answer the stack signal (%s) within %g s: its stacks cannot "
+                "be shown (does its program handle %s itself?); whether the job hangs is "
+                "judged from the CPU time and wake-ups of its ranks",
+                rank,
+                STACK_SIGNAL_NAME,
+                _collect.TOTAL_BOUND_S,
+                STACK_SIGNAL_NAME,
             )
 
     def at_stop(
@@ -114,25 +135,22 @@ class Watch:
     ) -> None:
         """Take the stacks of the ranks about to be stopped (bounded to about 1 s)."""
         self.running = running
-        self.dumps = _collect.take(run_dir, attempt, skip_local_ranks)
+        known = {
+            r: info
+            for r, info in _collect.known_ranks(run_dir, attempt).items()
+            if r in running and info.local_rank not in skip_local_ranks
+        }
+        listening = {r: info for r, info in known.items() if info.listens}
+        self.dumps = _collect.ask({r: i for r, i in listening.items() if r not in self._silent})
+        self.notes = _collect.why_silent(known, self.dumps)
 
     @property
     def stacks(self) -> dict[int, str]:
-        """Stack text by global rank from the last stop (``WorkerFailedError.stacks``)."""
-        return {rank: _format.stack_text(dump) for rank, dump in self.dumps.items()}
+        """Stack text by global rank from the last stop (``WorkerFailedError.stacks``); a
+        running rank that gave none has a one-line note in parentheses instead."""
+        texts = {rank: _format.stack_text(dump) for rank, dump in self.dumps.items()}
+        return dict(sorted({**self.notes, **texts}.items()))
 
     def grouped(self) -> str:
         """The grouped view of the last stop's stacks."""
-        return _format.group(self.dumps, self.running)
-
-
-def voluntary_switches(pid: int) -> int:
-    """How often the main thread of ``pid`` has gone to sleep so far (0 if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+        return _format.group(self.dumps, self.running, self.notes)

@@ -1,16 +1,14 @@
 """Worker side: Python stacks written from C on a signal, and at a native crash.
 
 faulthandler dumps from its C signal handler, so a rank answers even while it
-blocks in a collective or holds the GIL in native code. The signal is a
-real-time one: SIGUSR1/SIGUSR2 belong to SLURM and Lightning (preemption) and
-torch's own fatal-signal handler; glibc keeps the two below SIGRTMIN.
+blocks in a collective or holds the GIL in native code. The signal is SIGURG
+(:data:`icelaunch._rundir.STACK_SIGNAL`), whose default action is to ignore it.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
-import signal
 from typing import IO
 
 from icelaunch import _rundir
@@ -36,8 +34,6 @@ def setup_worker(run_dir: str, who: Identity) -> None:
     if STACK_SIGNAL is None:
         return
     stacks = open(_rundir.stacks_path(run_dir, attempt, local_rank), "a")  # noqa: SIM115
-    # Ignored, not fatal, once faulthandler restores it at interpreter exit.
-    signal.signal(STACK_SIGNAL, signal.SIG_IGN)
     faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True, chain=False)
     _open_files.append(stacks)
     ready = _rundir.ready_path(run_dir, attempt, local_rank)

@@ -81,7 +81,8 @@ def failed_error(
         if exc is not None:
             exceptions[rank] = exc
         detail = _detail(rank, failure, report, stderr_files, exits, reimports_main)
-        details[rank] = _explained(detail, run_dir, attempt, watch)
+        stderr_file = stderr_files.get(failure.local_rank)
+        details[rank] = _explained(detail, run_dir, attempt, watch, stderr_file)
     started = any(n.startswith(_rundir.started_prefix(attempt)) for n in os.listdir(run_dir))
     stacks = watch.stacks if watch is not None else {}
     # a rank that failed on its own says where in its traceback; its stack at the
@@ -97,11 +98,16 @@ def _own_failure(detail: _failures.RankFailure | None) -> bool:
 
 
 def _explained(
-    detail: _failures.RankFailure, run_dir: str, attempt: int, watch: Watch | None
+    detail: _failures.RankFailure,
+    run_dir: str,
+    attempt: int,
+    watch: Watch | None,
+    stderr_file: str | None = None,
 ) -> _failures.RankFailure:
     """``detail`` with the Python stack of a native crash, or the cause of a SIGKILL."""
     if detail.signal_name in _CRASH_SIGNALS and not detail.traceback:
-        crash = crash_stack(_rundir.crash_path(run_dir, attempt, detail.local_rank))
+        crash_file = _rundir.crash_path(run_dir, attempt, detail.local_rank)
+        crash = _diagnosis.crash_stack(crash_file, stderr_file)
         if crash:
             message = f"crashed in native code ({detail.signal_name}); its Python stack is below"
             return dataclasses.replace(detail, traceback=crash, message=message)
@@ -110,21 +116,6 @@ def _explained(
         if cause:
             return dataclasses.replace(detail, message=cause)
     return detail
-
-
-def crash_stack(path: str) -> str:
-    """The Python stack faulthandler wrote at a native crash, as the user reads it."""
-    try:
-        with open(path, errors="replace") as fh:
-            dump = fh.read()
-    except OSError:
-        return ""
-    if not dump.strip():
-        return ""
-    first = dump.strip().splitlines()[0]
-    return f"{first} (Python stack at the crash, most recent call last):\n" + (
-        _diagnosis.stack_text(dump)
-    )
 
 
 def stopped_error(

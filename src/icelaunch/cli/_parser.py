@@ -53,8 +53,8 @@ HELP = {
     "log_line_prefix_template": "prefix of every console line and \\r redraw: ${rank}, "
     "${local_rank}, ${role_name}, ${group_rank}, ${hostname}; '' for none",
     "timeout": "seconds for the whole launch; then the ranks' stacks are shown and they stop",
-    "hang_timeout": "seconds without any rank's Python stack changing before the job is "
-    "judged hung (stacks shown, workers stopped)",
+    "hang_timeout": "seconds in which no rank computes, wakes up from a wait or changes its "
+    "Python stack before the job is judged hung (stacks shown, workers stopped)",
     "collective_timeout": "seconds a collective waits for its peers before it raises "
     "(init_process_group's timeout; gloo and nccl)",
     "shutdown_timeout": "seconds the workers get to exit on their own when the command is "

@@ -79,10 +79,13 @@ def report(pid: int, job_dir: str) -> str:
     """The grouped stacks of the newest attempt of one launch, under a heading."""
     heading = f"launch {pid} ({_command_line(pid)})"
     for run_dir in _rundir.run_folders(job_dir):
-        ranks = _diagnosis.ready_ranks(run_dir)
+        ranks = _diagnosis.known_ranks(run_dir)
         if ranks:
-            dumps = _diagnosis.take(run_dir, owner=False)
-            return f"{heading}, {len(ranks)} rank(s):\n{_diagnosis.group(dumps, sorted(ranks))}"
+            listening = {r: info for r, info in ranks.items() if info.listens}
+            dumps = _diagnosis.ask(listening, owner=False)
+            notes = _diagnosis.why_silent(ranks, dumps)
+            view = _diagnosis.group(dumps, sorted(ranks), notes)
+            return f"{heading}, {len(ranks)} rank(s):\n{view}"
     return f"{heading}: no rank is running Python code of its own yet"
 
 
