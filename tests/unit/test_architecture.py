@@ -150,6 +150,17 @@ def test_the_architecture_page_names_every_room() -> None:
             assert room in page, f"docs/architecture.md does not place {room}"
 
 
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (no packages): two tiers holding a
+    test_x.py each fail the whole run at collection."""
+    tests = SRC.parents[1] / "tests"
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
+
+
 def test_every_test_file_sits_in_a_tier() -> None:
     """`make test` runs tests/unit, tests/launch and tests/system, in that order."""
     tests = SRC.parents[1] / "tests"
