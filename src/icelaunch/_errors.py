@@ -62,10 +62,17 @@ class LaunchStopped(BaseException):
     whose ``code`` is ``exit_status`` (uncaught, the process exits with 128 + the
     signal, as schedulers expect).
 
+    The instance is of a subclass (also named ``LaunchStopped``): test it with
+    ``isinstance``, or catch it with ``except LaunchStopped``.
+
     Attributes:
         signal: the signal number that asked for the stop.
         exits: global rank -> exit status of this node's ranks (negative: a signal).
         killed_ranks: ranks still running when ``shutdown_timeout`` ran out (SIGKILL).
+        clean_ranks: ranks whose process exited with status 0.
+        values: global rank -> return value, for launched functions whose ranks
+            returned during the grace (e.g. the step they saved).
+        exit_status: 128 + ``signal``.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class LaunchStopped(BaseException):
         self.signal = signal
         self.exits = dict(exits or {})
         self.killed_ranks = frozenset(killed_ranks)
+        self.values: dict[int, Any] = {}
 
     @classmethod
     def of(
@@ -105,8 +113,9 @@ class LaunchStopped(BaseException):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (LaunchStopped.of, (str(self), self.signal, self.exits, self.killed_ranks))
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        args = (str(self), self.signal, self.exits, self.killed_ranks)
+        return (LaunchStopped.of, args, {"values": self.values})
 
 
 class _Interrupted(LaunchStopped, KeyboardInterrupt):

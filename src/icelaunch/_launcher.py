@@ -106,7 +106,7 @@ class ElasticLauncher(Configurable):
             shutdown_timeout: seconds the ranks get to exit on their own when the
                 launcher is asked to stop (SIGTERM, Ctrl-C, SIGHUP, ...: a scheduler's
                 preemption) before they are killed; the call ends as soon as the last
-                rank is gone. The same signal again ends the grace at once. Stops
+                rank is gone. Another stop signal ends the grace at once. Stops
                 caused by a failing rank or a time limit do not wait (3 s).
             numa_binding: bind each rank (all its threads) to the CPUs near its GPU with
                 one of torch's strategies (torchrun's ``--numa-binding``): ``node``,

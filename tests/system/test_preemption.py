@@ -78,6 +78,8 @@ def test_sigterm_lets_every_rank_finish_its_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt-*")) == ["ckpt-0", "ckpt-1"]
     assert "ranks 0, 1 exited on their own (status 0)" in out
+    assert "death signal" not in out  # torch's "shutting down workers": not what happens
+    assert "where the running ranks were" not in out  # a clean stop: no stacks shown
     assert took < 25  # ended when the ranks did, not when the 30 s grace ran out
     print(f"\nSIGTERM with a 2 s save: the command ended after {took:.2f} s")
     assert_gone(pids, 5)
@@ -137,9 +139,26 @@ def test_the_same_signal_again_ends_the_grace_at_once(tmp_path: Path, sig: int) 
     took = time.monotonic() - started
     assert proc.returncode == 128 + sig, out
     assert took < 20, out  # not the 30 s grace
-    if sig == signal.SIGTERM:
-        assert "a second SIGTERM ended the grace" in out
+    assert f"{signal.Signals(sig).name} again ended the grace" in out
     assert_gone(pids, 5)
+
+
+def test_another_stop_signal_ends_the_grace_and_is_named(tmp_path: Path) -> None:
+    proc = _start(tmp_path, STUBBORN)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGHUP again ended the grace" in out
+
+
+def test_signals_to_handle_refuses_what_cannot_be_caught(tmp_path: Path) -> None:
+    script = write(tmp_path, "job.py", "print('ok')\n")
+    argv = icelaunch("--signals-to-handle", "SIGUSR2,SIGKILL", str(script))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "SIGKILL cannot be caught" in done.stderr
 
 
 @pytest.mark.parametrize("name", ["SIGALRM", "SIGXCPU", "SIGPROF", "SIGHUP"])

@@ -102,7 +102,7 @@ if __name__ == "__main__":
             result["outcome"] = "returned"
         except LaunchStopped as stop:
             result.update(outcome="stopped", signal=stop.signal, killed=sorted(stop.killed_ranks),
-                          exits=stop.exits, message=str(stop))
+                          exits=stop.exits, values=stop.values, message=str(stop))
         except Exception as exc:
             result["outcome"] = f"{type(exc).__name__}: {exc}"
         thread.join()
@@ -179,6 +179,7 @@ def test_functions_preempted_at_random_moments_keep_every_checkpoint(tmp_path: P
             assert result["signal"] == getattr(signal, name), what
             assert result["killed"] == [], what
             assert all(code in (0, -signal.SIGTERM) for code in result["exits"].values()), what
+            assert set(result["values"].values()) <= {step}, what  # the saved step, if any
         assert_gone(_pids(out), 5)
         kind = "saved" if step is not None else "stopped before a step"
         counts[f"{name} {kind}"] = counts.get(f"{name} {kind}", 0) + 1

@@ -28,7 +28,9 @@ def test_sigint_is_a_keyboard_interrupt_and_others_a_system_exit() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
 def test_it_pickles_with_its_details(sig: int) -> None:
     stop = LaunchStopped.of("the launch was stopped", sig, {0: 0}, frozenset({2}))
+    stop.values = {0: 17}
     back = pickle.loads(pickle.dumps(stop))
+    assert back.values == {0: 17}
     assert type(back) is type(stop)
     assert (str(back), back.signal, back.exits, back.killed_ranks) == (
         "the launch was stopped",

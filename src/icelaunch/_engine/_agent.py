@@ -340,14 +340,16 @@ class Agent(LocalElasticAgent):
             asked = self._to_signal()
             logger.warning(
                 "%s: stopping; the ranks have up to %s s to exit on their own "
-                "(shutdown_timeout; the same signal again stops them now)",
+                "(shutdown_timeout; another stop signal, e.g. Ctrl-C, stops them now)",
                 sig.name,
                 f"{self._grace_s:g}",
             )
             first = self._first_signal(sig)
             grace = max(0.0, self._grace_s - (time.monotonic() - began))  # from the signal
             left = _stop.ask_to_stop(self._workers, first, asked, grace, signals.fileno())
-            outcome.cut_short = bool(left) and _readable(signals.fileno())
+            if left and _readable(signals.fileno()):
+                outcome.cut_short = signals.last
+            outcome.values = self._returned_values(group)
             outcome.killed = {group.workers[w.local_rank].global_rank for w in left}
             self._stop(signal.SIGKILL if left else sig, 0.0, stacks=False)
             outcome.exits = {
@@ -355,6 +357,20 @@ class Agent(LocalElasticAgent):
             }
         else:
             _torch_internals.close_process_context(super()._shutdown, sig)
+
+    def _returned_values(self, worker_group: WorkerGroup) -> dict[int, Any]:
+        """The values of the ranks that returned during a stop, by global rank (best effort:
+        the stop goes on whatever a queue does)."""
+        values = dict(self._values)
+        try:
+            for local_rank, queue in _procs.return_queues(
+                _torch_internals.process_context(self)
+            ).items():
+                if local_rank not in values and not queue.empty():
+                    values[local_rank] = queue.get(timeout=1)
+        except Exception:
+            logger.debug("the values of a stopped launch could not all be read", exc_info=True)
+        return {worker_group.workers[r].global_rank: v for r, v in sorted(values.items())}
 
     def _write_stop_file(self, sig: signal.Signals) -> None:
         """Tell the ranks' ``stop_requested()`` (they look for this file)."""

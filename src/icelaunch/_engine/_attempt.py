@@ -127,7 +127,7 @@ def _run_agent(
         raise _report.stopped_error(target.name, stop, watch, agent.get_worker_group()) from None
     except SignalException as exc:
         shutdown_rdzv = False  # keep the rendezvous open for the other nodes
-        _report.print_interrupted(watch)
+        _report.print_interrupted(watch, exc.sigval, agent.stop_outcome)
         stopped = _report.stopped_by_signal(exc.sigval, agent.stop_outcome)
         logger.warning("%s", stopped)  # said once, also where it ends the program uncaught
         raise stopped from None

@@ -94,6 +94,7 @@ _CHATTER = (
     "Sending process",
     "Unable to shutdown process",
     "failed (exitcode",
+    "Received %s death signal",  # icelaunch says what the stop does (its grace) itself
     # from a thread: our workers die with the launcher all the same (_worker: tied to it)
     "Failed to register signal handlers since torchelastic is running on a child thread",
 )

@@ -158,9 +158,11 @@ def stopped_by_signal(sig: signal.Signals, outcome: StopOutcome | None) -> Launc
         parts.append(f"{_ranks_text(ranks)} {what}")
     grace = f"shutdown_timeout={outcome.grace_s:g} s"
     text = f"the launch was stopped by {sig.name} (grace: {grace}): " + "; ".join(parts)
-    if outcome.killed and outcome.cut_short:
-        text += f" (a second {sig.name} ended the grace)"
-    return LaunchStopped.of(text, int(sig), outcome.exits, frozenset(outcome.killed))
+    if outcome.killed and outcome.cut_short is not None:
+        text += f" ({outcome.cut_short.name} again ended the grace)"
+    stopped = LaunchStopped.of(text, int(sig), outcome.exits, frozenset(outcome.killed))
+    stopped.values = outcome.values
+    return stopped
 
 
 def _by_ending(outcome: StopOutcome) -> dict[str, list[int]]:
@@ -186,13 +188,19 @@ def _ranks_text(ranks: list[int]) -> str:
     return "ranks " + ", ".join(str(r) for r in ranks)
 
 
-def print_interrupted(watch: Watch | None) -> None:
-    """On Ctrl-C or SIGTERM: where the running ranks were, on stderr."""
+def print_interrupted(
+    watch: Watch | None, sig: signal.Signals, outcome: StopOutcome | None = None
+) -> None:
+    """Where the running ranks were when the stop came, on stderr: on Ctrl-C (someone
+    at the terminal wants to know), or when a rank had to be killed."""
     if watch is None or not watch.running:
         return
+    killed = outcome is not None and bool(outcome.killed)
+    if sig != signal.SIGINT and not killed:
+        return  # a clean preemption: every rank exited on its own
+    what = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
     print(
-        f"icelaunch: interrupted (pid {os.getpid()}); where the running ranks were:\n"
-        f"{watch.grouped()}",
+        f"icelaunch: {what} (pid {os.getpid()}); where the running ranks were:\n{watch.grouped()}",
         file=sys.stderr,
         flush=True,
     )

@@ -54,7 +54,8 @@ class StopOutcome:
         self.grace_s = grace_s
         self.exits: dict[int, int] = {}  # global rank -> exit status
         self.killed: set[int] = set()  # global ranks killed when the grace ran out
-        self.cut_short = False  # a second signal ended the grace
+        self.cut_short: signal.Signals | None = None  # the signal that ended the grace
+        self.values: dict[int, Any] = {}  # global rank -> value, of ranks that returned
 
 
 def chosen_signals(env: dict[str, str] | os._Environ[str]) -> frozenset[signal.Signals]:
@@ -77,6 +78,7 @@ class LaunchSignals:
 
     def __init__(self, chosen: frozenset[signal.Signals] = frozenset()) -> None:
         self.requested: signal.Signals | None = None
+        self.last: signal.Signals | None = None  # the latest stop signal (one that cut a grace)
         #: a stop is under way: further stop signals only cut its grace short
         self.stopping = False
         self._raised = False
@@ -175,6 +177,7 @@ class LaunchSignals:
         sig = signal.Signals(signum)
         with self._lock:
             self._count += 1
+            self.last = sig
             if self.requested is None:
                 self.requested = sig
         with contextlib.suppress(OSError):

@@ -69,7 +69,7 @@ class WorkerContext:
         their default action) no longer end this rank: it decides when to exit::
 
             for step in range(start, steps):
-                train_step()
+                train_step(step)
                 if icelaunch.current().stop_requested():
                     save_checkpoint(step)
                     break

@@ -150,6 +150,12 @@ def check_signals(text: str) -> str:
                 f"invalid signals_to_handle {text!r}: {name!r} is not a signal name, "
                 f"e.g. --signals-to-handle SIGTERM,SIGINT,SIGUSR1"
             )
+    for name in names:
+        if name in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(
+                f"invalid signals_to_handle {text!r}: {name} cannot be caught, so it cannot "
+                f"be passed on; e.g. --signals-to-handle SIGUSR1"
+            )
     if not names:
         raise ValueError(
             f"invalid signals_to_handle {text!r}: name at least one signal, e.g. SIGTERM,SIGINT"
