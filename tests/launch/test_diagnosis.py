@@ -201,7 +201,8 @@ def test_hang_timeout_leaves_a_busy_compute_loop_alone() -> None:
 def test_a_rank_spinning_in_python_counts_as_computing(tmp_path: Path) -> None:
     # from outside a busy-wait is a computation (CPU time, one line): not judged hung,
     # the job runs on until its timeout, which then shows where every rank was
-    launcher = ElasticLauncher("cpu:0-1", hang_timeout=2, timeout=TIMEOUT_S).freeze()
+    # (6 hang_timeouts: more than enough for a false verdict to show)
+    launcher = ElasticLauncher("cpu:0-1", hang_timeout=2, timeout=12).freeze()
     with pytest.raises(LaunchTimeoutError) as info:
         launcher(rank1_spins_others_all_reduce, launcher, str(tmp_path))
     assert_all_gone(pid_files(tmp_path))
