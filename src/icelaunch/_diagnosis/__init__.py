@@ -32,6 +32,7 @@ from __future__ import annotations
 from icelaunch._diagnosis._collect import ask, known_ranks, ready_ranks, take, why_silent
 from icelaunch._diagnosis._crash import crash_stack
 from icelaunch._diagnosis._format import group, group_texts, stack_text
+from icelaunch._diagnosis._proc import command_line
 from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
 from icelaunch._rundir import STACK_SIGNAL
@@ -41,6 +42,7 @@ __all__ = [
     "Stopped",
     "Watch",
     "ask",
+    "command_line",
     "crash_stack",
     "group",
     "group_texts",

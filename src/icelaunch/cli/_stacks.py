@@ -77,7 +77,7 @@ def _alive(pid: int) -> bool:
 
 def report(pid: int, job_dir: str) -> str:
     """The grouped stacks of the newest attempt of one launch, under a heading."""
-    heading = f"launch {pid} ({_command_line(pid)})"
+    heading = f"launch {pid} ({_diagnosis.command_line(pid)})"
     for run_dir in _rundir.run_folders(job_dir):
         ranks = _diagnosis.known_ranks(run_dir)
         if ranks:
@@ -87,12 +87,3 @@ def report(pid: int, job_dir: str) -> str:
             view = _diagnosis.group(dumps, sorted(ranks), notes)
             return f"{heading}, {len(ranks)} rank(s):\n{view}"
     return f"{heading}: no rank is running Python code of its own yet"
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            parts = fh.read().split(b"\0")
-    except OSError:
-        return "?"
-    return " ".join(p.decode(errors="replace") for p in parts if p)[:120]
