@@ -114,7 +114,8 @@ def read_pty(argv: list[str], started: str) -> dict[str, float]:
     master, slave = os.openpty()
     tty.setraw(slave)  # bytes pass unchanged, as for the relay's own terminals
     note_start(started)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no launcher warning before the bytes
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     first = last = 0.0
     total = 0
