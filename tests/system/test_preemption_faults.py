@@ -178,7 +178,11 @@ def test_functions_preempted_at_random_moments_keep_every_checkpoint(tmp_path: P
             assert result["outcome"] == "stopped", what
             assert result["signal"] == getattr(signal, name), what
             assert result["killed"] == [], what
-            assert all(code in (0, -signal.SIGTERM) for code in result["exits"].values()), what
+            # the stop may come just as the injected failure does, before any restart: then
+            # that rank fails on its own during the grace, and its peers' collective with it
+            failing = (out / "failed").exists() and not any(out.glob("pid-1-*"))
+            endings = (0, -signal.SIGTERM, 1) if failing else (0, -signal.SIGTERM)
+            assert all(code in endings for code in result["exits"].values()), what
             assert set(result["values"].values()) <= {step}, what  # the saved step, if any
         assert_gone(_pids(out), 5)
         kind = "saved" if step is not None else "stopped before a step"
