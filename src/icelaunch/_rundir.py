@@ -170,6 +170,11 @@ def script_env_path(run_dir: str) -> str:
     return os.path.join(run_dir, "worker-env.json")
 
 
+def live_path(job_dir: str) -> str:
+    """The launcher's latest look at its ranks (``icelaunch top`` reads it)."""
+    return os.path.join(job_dir, "live.json")
+
+
 def stop_path(run_dir: str) -> str:
     """The file whose existence says a stop was asked for (it holds the signal's name)."""
     return os.path.join(run_dir, "stop")

@@ -21,6 +21,7 @@ LEVELS = {
     "_preflight": 6,
     "_engine": 5,
     "_worker": 4,
+    "_watching": 4,
     "_console": 3,
     "_diagnosis": 3,
     "_transfer": 3,
@@ -33,7 +34,16 @@ LEVELS = {
     "_rundir": 1,
     "_torch_internals": 1,
 }
-FOLDERS = ("_console", "_diagnosis", "_engine", "_placement", "_transfer", "_worker", "cli")
+FOLDERS = (
+    "_console",
+    "_diagnosis",
+    "_engine",
+    "_placement",
+    "_transfer",
+    "_watching",
+    "_worker",
+    "cli",
+)
 
 
 def _module_name(path: Path) -> str:

@@ -31,26 +31,45 @@ from __future__ import annotations
 
 from icelaunch._diagnosis._collect import ask, known_ranks, ready_ranks, take, why_silent
 from icelaunch._diagnosis._crash import crash_stack
-from icelaunch._diagnosis._format import group, group_texts, stack_text
-from icelaunch._diagnosis._proc import command_line
+from icelaunch._diagnosis._format import (
+    Frame,
+    Thread,
+    group,
+    group_texts,
+    is_library,
+    parse,
+    stack_text,
+    user_threads,
+)
+from icelaunch._diagnosis._memory import peak_bytes
+from icelaunch._diagnosis._proc import Look, clock_ticks, command_line, look
 from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
 from icelaunch._rundir import STACK_SIGNAL
 
 __all__ = [
     "STACK_SIGNAL",
+    "Frame",
+    "Look",
     "Stopped",
+    "Thread",
     "Watch",
     "ask",
+    "clock_ticks",
     "command_line",
     "crash_stack",
     "group",
     "group_texts",
+    "is_library",
     "known_ranks",
+    "look",
+    "parse",
+    "peak_bytes",
     "ready_ranks",
     "setup_worker",
     "stack_text",
     "take",
+    "user_threads",
     "why_silent",
     "without_bootstrap_frames",
 ]

@@ -61,6 +61,29 @@ def usage(pid: int) -> Usage | None:
     return Usage(pid, fields[19], int(fields[11]) + int(fields[12]), voluntary_switches(pid))
 
 
+@dataclass(frozen=True)
+class Look:
+    """One look at a process from ``/proc``, for a live view: no signal is sent."""
+
+    pid: int
+    start: str  # with the pid, names one process for good
+    state: str  # its main thread's state letter: R running, S/D waiting, T stopped, ...
+    cpu_ticks: int  # user + system time of all its threads, in clock ticks
+    rss_bytes: int  # resident memory now
+
+
+def look(pid: int) -> Look | None:
+    """``pid``'s :class:`Look`, None if it is gone or a zombie."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    rss = int(fields[21]) * _PAGE_SIZE
+    return Look(pid, fields[19], fields[0], int(fields[11]) + int(fields[12]), rss)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
 def _stat(pid: int) -> list[str] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
     try:
