@@ -34,6 +34,20 @@ import signal as _signal
 from collections.abc import Mapping
 from typing import Any
 
+#: the command's status when --timeout or --hang-timeout stopped the launch (as timeout(1))
+EXIT_TIMEOUT = 124
+
+
+def exit_status(exitcode: int) -> int:
+    """A worker's exit code as the command's status: 128+N for signal N, never 0.
+
+    >>> exit_status(3), exit_status(-9), exit_status(0)
+    (3, 137, 1)
+    """
+    if exitcode < 0:
+        return 128 - exitcode
+    return exitcode or 1
+
 
 class ConfigurableError(TypeError):
     """A Configurable was used in a way its state does not allow."""

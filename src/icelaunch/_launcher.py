@@ -70,6 +70,8 @@ class ElasticLauncher(Configurable):
         shutdown_timeout: float = 30.0,
         numa_binding: str | None = None,
         virtual_local_rank: bool = False,
+        report: str | None = None,
+        slow_rank: float | None = 30.0,
     ) -> None:
         """Validate every argument into a :class:`LaunchSpec`; see the README's table.
 
@@ -116,6 +118,15 @@ class ElasticLauncher(Configurable):
             virtual_local_rank: every rank sees only its own GPU, as ``cuda:0``, and
                 ``LOCAL_RANK=0`` (torchrun's ``--virtual-local-rank``). False: the ranks
                 of a node see the node's GPUs and ``LOCAL_RANK`` is their index.
+            report: write a run report (JSON, docs/watching.md) to this file when the
+                launch ends, however it ends: parameters, events, every rank's start,
+                end, memory and CPU time, waits, slow-rank findings, stacks at a stop,
+                the failure. Written atomically; None: no report.
+            slow_rank: name the rank that holds the others back, with no code change:
+                the ranks' stacks are sampled twice a second, and a rank that alone
+                is busy while all others wait in a collective, again and again over
+                this many seconds, is named in a WARNING and the report. None turns
+                the sampling of stacks off.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).

@@ -170,6 +170,16 @@ def script_env_path(run_dir: str) -> str:
     return os.path.join(run_dir, "worker-env.json")
 
 
+def sampling_path(run_dir: str) -> str:
+    """Present while the launcher samples its ranks: the sampling interval in seconds."""
+    return os.path.join(run_dir, "sampling")
+
+
+def sample_path(run_dir: str, attempt: int, local_rank: int) -> str:
+    """A rank's latest look at its own main thread (``_diagnosis._sampling``)."""
+    return os.path.join(run_dir, f"sample-{attempt}-{local_rank}.txt")
+
+
 def live_path(job_dir: str) -> str:
     """The launcher's latest look at its ranks (``icelaunch top`` reads it)."""
     return os.path.join(job_dir, "live.json")

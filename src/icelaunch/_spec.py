@@ -76,6 +76,8 @@ class LaunchSpec:
     shutdown_timeout: float = 30.0
     numa_binding: str | None = None
     virtual_local_rank: bool = False
+    report: str | None = None
+    slow_rank: float | None = 30.0
     #: the GPUs (the caller's indices) this node's workers see, in order; None: all
     visible_devices: tuple[int, ...] | None = None
 
@@ -216,6 +218,35 @@ def _grace(value: object) -> float:
     return _positive_seconds("shutdown_timeout", value, "120", " or zero")
 
 
+#: the shortest slow-rank window: enough samples (every 0.5 s) for the rule to name a rank
+MIN_SLOW_RANK_S = 5.0
+
+
+def _slow_rank(value: object) -> float | None:
+    """``slow_rank``: None (off) or a window of at least :data:`MIN_SLOW_RANK_S` seconds."""
+    seconds = _seconds("slow_rank", value, "30")
+    if seconds is not None and seconds < MIN_SLOW_RANK_S:
+        rule = (
+            f"must be at least {MIN_SLOW_RANK_S:g} seconds (the window in which the ranks are "
+            f"sampled twice a second), or None to turn it off"
+        )
+        raise _bad("slow_rank", value, rule, "30")
+    return seconds
+
+
+def _report_path(value: object) -> str | None:
+    """``report``: None or the path of a file to write (not a directory)."""
+    if value is None:
+        return None
+    _require_type("report", value, (str, os.PathLike), "'run.json'")
+    path = str(os.fspath(cast("str | os.PathLike[str]", value)))
+    if not path.strip():
+        raise _bad("report", value, "must be a file path or None", "'run.json'")
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise _bad("report", value, "is a directory; it must name a file", "'run.json'")
+    return path
+
+
 def _log_dir(value: object) -> str | None:
     if value is None:
         return None
@@ -307,6 +338,8 @@ def build_spec(arguments: dict[str, Any]) -> LaunchSpec:
         virtual_local_rank=_typed(
             "virtual_local_rank", a.get("virtual_local_rank", False), bool, "True"
         ),
+        report=_report_path(a.get("report")),
+        slow_rank=_slow_rank(a.get("slow_rank", 30.0)),
         visible_devices=visible,
     )
     _check_rendezvous(spec)

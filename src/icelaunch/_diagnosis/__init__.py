@@ -39,10 +39,12 @@ from icelaunch._diagnosis._format import (
     is_library,
     parse,
     stack_text,
+    user_frames,
     user_threads,
 )
 from icelaunch._diagnosis._memory import peak_bytes
 from icelaunch._diagnosis._proc import Look, clock_ticks, command_line, look
+from icelaunch._diagnosis._sampling import RankSample, read_sample
 from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
 from icelaunch._rundir import STACK_SIGNAL
@@ -51,6 +53,7 @@ __all__ = [
     "STACK_SIGNAL",
     "Frame",
     "Look",
+    "RankSample",
     "Stopped",
     "Thread",
     "Watch",
@@ -65,10 +68,12 @@ __all__ = [
     "look",
     "parse",
     "peak_bytes",
+    "read_sample",
     "ready_ranks",
     "setup_worker",
     "stack_text",
     "take",
+    "user_frames",
     "user_threads",
     "why_silent",
     "without_bootstrap_frames",

@@ -109,6 +109,11 @@ def _trimmed(frames: Thread) -> Thread:
     return frames[start:]
 
 
+def user_frames(thread: Thread) -> Thread:
+    """One thread's frames (outermost first) without the launch machinery around them."""
+    return _trimmed(thread)
+
+
 def user_threads(dump: str) -> list[Thread]:
     """The dump's threads without the launch machinery around them; machinery-only threads go."""
     return [thread for thread in map(_trimmed, parse(dump)) if thread]

@@ -13,6 +13,7 @@ from typing import IO
 
 from icelaunch import _rundir
 from icelaunch._diagnosis._format import Frame, is_library
+from icelaunch._diagnosis._sampling import sampling_interval, start_sampler
 from icelaunch._rundir import STACK_SIGNAL, Identity
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -20,7 +21,8 @@ _open_files: list[IO[str]] = []  # faulthandler writes to their descriptors unti
 
 
 def setup_worker(run_dir: str, who: Identity) -> None:
-    """Make this worker answer :data:`STACK_SIGNAL` and record native crashes.
+    """Make this worker answer :data:`STACK_SIGNAL`, record native crashes and, while
+    the launcher samples, sample its own main thread (``_sampling``).
 
     Args:
         run_dir: the launch attempt's run folder.
@@ -28,6 +30,9 @@ def setup_worker(run_dir: str, who: Identity) -> None:
             written for the launcher).
     """
     attempt, local_rank = who.attempt, who.local_rank
+    interval = sampling_interval(run_dir)
+    if interval is not None:
+        start_sampler(run_dir, who, interval)  # the launcher samples: no signal needed
     crash = open(_rundir.crash_path(run_dir, attempt, local_rank), "w")  # noqa: SIM115
     faulthandler.enable(file=crash, all_threads=True)
     _open_files.append(crash)

@@ -16,7 +16,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from icelaunch import _rundir, _torch_internals
+from icelaunch import _rundir, _torch_internals, _watching
 from icelaunch._diagnosis import Watch
 from icelaunch._engine import _forkserver, _procs, _stop
 from icelaunch._engine._signals import LaunchSignals, StopOutcome, is_stop
@@ -100,6 +100,7 @@ class Agent(LocalElasticAgent):
         run_dir: str = "",
         signals: LaunchSignals | None = None,
         shutdown_timeout: float = 30.0,
+        monitor: _watching.Monitor | None = None,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -114,6 +115,8 @@ class Agent(LocalElasticAgent):
         signals: the launch's signal handling (stops asked for, forwards).
         shutdown_timeout: seconds the ranks get to exit on their own after a stop
             someone asked for (a signal), before SIGKILL.
+        monitor: samples the ranks (slow rank, ``icelaunch top``) and records the run
+            report (icelaunch._watching).
         """
         super().__init__(**kwargs)
         self._listener = listener
@@ -139,6 +142,9 @@ class Agent(LocalElasticAgent):
         self._grace_s = shutdown_timeout
         #: after a stop asked for by a signal: how the ranks ended
         self.stop_outcome: StopOutcome | None = None
+        self._monitor = monitor
+        self._stopping_ranks = False  # ranks that end now were ended by our stop
+        self._told_up: set[int] = set()  # local ranks the monitor knows are up
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt(self.restarts_used_of(worker_group))
@@ -159,6 +165,19 @@ class Agent(LocalElasticAgent):
             self._workers = _procs.workers_of(_torch_internals.process_context(self))
             if self._signals is not None:
                 self._signals.install(self._forward)  # ours instead of torch's
+        self._stopping_ranks, self._told_up = False, set()
+        if self._monitor is not None:
+            self._monitor.event("rendezvous_done", "rendezvous done; workers starting")
+            self._monitor.workers_started(
+                self._run_dir,
+                self.attempt,
+                {
+                    worker_group.workers[w.local_rank].global_rank: _watching.Member(
+                        w.local_rank, w.pid
+                    )
+                    for w in self._workers
+                },
+            )
         if self._signals is not None:
             for sig in noted:
                 self._signals.deliver(sig)  # a stop raises SignalException here
@@ -171,6 +190,8 @@ class Agent(LocalElasticAgent):
         bound = self._poll_interval
         if self._watch is not None:
             bound = self._watch.wait_bound(bound)
+        if self._monitor is not None:
+            bound = self._monitor.wait_bound(bound)
         wake = [self._signals.fileno()] if self._signals is not None else []
         self._listener.wait(live + values + wake, bound)
         if self._signals is not None:
@@ -179,12 +200,21 @@ class Agent(LocalElasticAgent):
         if self._watch is not None:
             self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
         self._listener.receive()  # a rank that returned, then exited, has reported by now
+        if self._monitor is not None:
+            self._watch_ranks(worker_group)
         if not self._unlinked and len(self._listener.up) == len(self._workers):
             _procs.unlink_semaphores(_torch_internals.process_context(self))
             self._unlinked = True
         failures = self._failures(worker_group, set(self.exits))
         if failures:
             self._last_failures = failures
+            if self._monitor is not None:
+                first = min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+                self._monitor.event(
+                    "failure",
+                    f"rank {first[0]} failed (exit status {first[1].exitcode})",
+                    rank=first[0],
+                )
             return RunResult(state=WorkerState.FAILED, failures=failures)
         if self._reports_done:
             return self._take_values(worker_group, queues)
@@ -203,6 +233,8 @@ class Agent(LocalElasticAgent):
         for local_rank, queue in queues.items():
             if local_rank not in self._values and not queue.empty():
                 self._values[local_rank] = queue.get()
+                if self._monitor is not None:
+                    self._monitor.rank_returned(worker_group.workers[local_rank].global_rank)
         if len(self._values) < len(self._workers):
             return RunResult(state=WorkerState.HEALTHY)
         _procs.release_workers(_torch_internals.process_context(self))
@@ -239,6 +271,29 @@ class Agent(LocalElasticAgent):
                 code = w.wait_status(_STATUS_WAIT_S)
                 if code is not None:
                     self.exits[w.local_rank] = (code, self._died[w.local_rank])
+                    self._tell_end(w.local_rank, code, self._died[w.local_rank])
+
+    def _tell_end(self, local_rank: int, code: int, died: float) -> None:
+        """The monitor learns how a rank ended: returned, stopped by us, or on its own."""
+        if self._monitor is None:
+            return
+        group = _torch_internals.worker_group(self)
+        rank = group.workers[local_rank].global_rank
+        end = None
+        if code == 0 and local_rank in self._listener.done:
+            end = "returned"
+        elif self._stopping_ranks:
+            end = "stopped"
+        self._monitor.rank_ended(rank, code, died, end)
+
+    def _watch_ranks(self, worker_group: WorkerGroup) -> None:
+        """Tell the monitor which ranks reported in; let it sample if one is due."""
+        assert self._monitor is not None
+        up = {worker_group.workers[r].global_rank for r in self._listener.up}
+        for local_rank in sorted(self._listener.up - self._told_up):
+            self._monitor.rank_up(worker_group.workers[local_rank].global_rank)
+        self._told_up |= self._listener.up
+        self._monitor.check(self._running(worker_group), up)
 
     def _failures(self, worker_group: WorkerGroup, ranks: set[int]) -> dict[int, ProcessFailure]:
         """Which of local ``ranks`` ended badly: a non-zero status, or a function that
@@ -304,6 +359,7 @@ class Agent(LocalElasticAgent):
             if stacks:  # of the ranks about to be stopped
                 self._take_stacks(_torch_internals.worker_group(self))
             died_before = set(self._died)
+            self._stopping_ranks = True
             sent = _stop.stop_workers(
                 self._workers, self._first_signal(death_sig), mark=self._mark, settle_s=settle_s
             )
@@ -351,7 +407,14 @@ class Agent(LocalElasticAgent):
                 outcome.cut_short = signals.last
             outcome.values = self._returned_values(group)
             outcome.killed = {group.workers[w.local_rank].global_rank for w in left}
+            if self._monitor is not None:
+                self._monitor.event(
+                    "stop", f"{sig.name}: the ranks were asked to stop", reason=sig.name
+                )
             self._stop(signal.SIGKILL if left else sig, 0.0, stacks=False)
+            if self._monitor is not None:
+                for rank in outcome.killed:
+                    self._monitor.mark_end(rank, "killed")
             outcome.exits = {
                 group.workers[r].global_rank: code for r, (code, _) in sorted(self.exits.items())
             }
@@ -435,12 +498,17 @@ class Agent(LocalElasticAgent):
         if not running:
             return
         self._watch.at_stop(self._run_dir, self.attempt, running, self._listener.done)
+        if self._monitor is not None:
+            self._monitor.stacks_taken(self._watch.stacks, self._watch.grouped())
         if self._restarting and self._watch.dumps:
             logger.warning("where the running ranks were:\n%s", self._watch.grouped())
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if worker_group.state in (WorkerState.FAILED, WorkerState.UNHEALTHY):
             self._announce_restart(worker_group)
+        if self._monitor is not None:
+            k = self.restarts_used_of(worker_group)
+            self._monitor.event("restart", f"restarting the workers (restart {k})")
         self._restarting = True
         try:
             super()._restart_workers(worker_group)

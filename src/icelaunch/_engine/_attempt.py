@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
-from icelaunch import _console, _diagnosis, _rundir
+from icelaunch import _console, _diagnosis, _rundir, _watching
 from icelaunch._engine import (
     _forkserver,
     _logs,
@@ -41,7 +41,12 @@ logger = logging.getLogger(__name__)
 
 
 def run_attempt(
-    spec: LaunchSpec, target: Target, run_dir: str, port: int, later: contextlib.ExitStack
+    spec: LaunchSpec,
+    target: Target,
+    run_dir: str,
+    port: int,
+    later: contextlib.ExitStack,
+    monitor: _watching.Monitor | None = None,
 ) -> dict[int, Any]:
     """One attempt at ``port``; on success what is left to close moves to ``later``."""
     attempt = contextlib.ExitStack()
@@ -65,7 +70,7 @@ def run_attempt(
             _rendezvous.store_per_round(rdzv_params),
             _waiting.logged(rdzv_params),  # a static rendezvous says which nodes it waits for
         ):
-            values = _run_agent(spec, target, worker_spec, listener, run_dir, attempt)
+            values = _run_agent(spec, target, worker_spec, listener, run_dir, attempt, monitor)
         later.enter_context(attempt.pop_all())
         return values
 
@@ -77,6 +82,7 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
     attempt: contextlib.ExitStack,
+    monitor: _watching.Monitor | None = None,
 ) -> dict[int, Any]:
     """Run torch's agent (with our :class:`Agent`); return the values by global rank.
 
@@ -101,6 +107,7 @@ def _run_agent(
         run_dir=run_dir,
         signals=signals,
         shutdown_timeout=spec.shutdown_timeout,
+        monitor=monitor,
         log_line_prefix_template=_rundir.PREFIX_TEMPLATE,
     )
     shutdown_rdzv = True
@@ -114,6 +121,9 @@ def _run_agent(
     attempt.push(lambda exc_type, *_: agent.finish(0.0 if exc_type else _teardown.EXIT_WAIT_S))
     try:
         relay.start()
+        if monitor is not None:
+            monitor.prepare(run_dir)
+            monitor.event("rendezvous_started", f"rendezvous ({spec.rdzv_backend}) began")
         try:
             result = agent.run()
         finally:

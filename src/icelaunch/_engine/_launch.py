@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from icelaunch import _watching
 from icelaunch._engine import _hygiene, _ports, _setup, _stop, _teardown
 from icelaunch._engine._attempt import run_attempt
 from icelaunch._engine._failures import WorkerFailedError
+from icelaunch._engine._watched import watched
 from icelaunch._errors import LaunchStopped, PortBusyError
 from icelaunch._spec import LaunchSpec
 
@@ -55,11 +57,12 @@ def run_launch(spec: LaunchSpec, target: Callable[[str], Target]) -> dict[int, A
         with later:
             job_dir = later.enter_context(_hygiene.job_directory())
             with (
+                watched(spec, job_dir) as monitor,
                 _hygiene.restored_process_state(),
                 _hygiene.no_torch_temp_files(),
                 _hygiene.torch_logs_without_tracebacks(),
             ):
-                values = _launch_with_port_retry(spec, target, job_dir, later)
+                values = _launch_with_port_retry(spec, target, job_dir, later, monitor)
             if _private_rendezvous(spec):
                 _teardown.defer(later.pop_all(), name=spec.role)
             return values
@@ -94,7 +97,11 @@ def _redeliver(sig: signal.Signals) -> None:
 
 
 def _launch_with_port_retry(
-    spec: LaunchSpec, target: Callable[[str], Target], job_dir: str, later: contextlib.ExitStack
+    spec: LaunchSpec,
+    target: Callable[[str], Target],
+    job_dir: str,
+    later: contextlib.ExitStack,
+    monitor: _watching.Monitor,
 ) -> dict[int, Any]:
     fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
     chosen = fixed is None or spec.standalone
@@ -104,9 +111,10 @@ def _launch_with_port_retry(
         run_dir = os.path.join(job_dir, str(attempt))
         os.makedirs(run_dir)
         this = target(run_dir)
+        monitor.recorder.target = this.name
         try:
             with _hygiene.carried(this.inherited), _port_errors(port):
-                return run_attempt(spec, this, run_dir, port, later)
+                return run_attempt(spec, this, run_dir, port, later, monitor)
         except PortBusyError:
             if not chosen:
                 raise

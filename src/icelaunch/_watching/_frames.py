@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from icelaunch._diagnosis import Frame, Thread, is_library, user_threads
+from icelaunch._diagnosis import Frame, Thread, is_library, user_frames, user_threads
 
 _SEP = os.sep
 #: torch's modules in which a rank that does not run waits for its peers
@@ -54,7 +54,12 @@ def where(dump: str, proc_state: str) -> Where | None:
     threads = user_threads(dump)
     if not threads:
         return None
-    main = threads[0]  # faulthandler lists the main thread last: parse gives it first
+    return where_in(threads[0], proc_state)  # faulthandler lists the main thread last
+
+
+def where_in(frames: Thread, proc_state: str) -> Where | None:
+    """Classify a main thread's frames (outermost first); None if it has no user frame."""
+    main = user_frames(frames)
     focus = _innermost_user(main)
     if focus is None:
         return None

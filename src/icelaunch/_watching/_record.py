@@ -82,7 +82,7 @@ class Recorder:
         self.findings: list[Finding] = []
         self.stacks_at_stop: str | None = None
         self.sample_interval_s: float | None = None
-        self.event("launch_started", f"launch of {target} began")
+        self.event("launch_started", "the launch began")
 
     def s(self, t: float) -> float:
         """Seconds since the launch began, of a ``time.monotonic()`` moment."""
@@ -128,6 +128,15 @@ class Recorder:
             attempt=attempt,
             rank=rank,
         )
+
+    def rank_returned(self, attempt: int, rank: int) -> None:
+        """The rank's function returned its value (its process ends on its own later)."""
+        run = self.runs.get((attempt, rank))
+        if run is None or run.ended_t is not None:
+            return
+        run.ended_t, run.end, run.exit_code = time.monotonic(), "returned", 0
+        if run.states:
+            run.states[-1][1] = run.ended_t
 
     def mark_end(self, attempt: int, rank: int, end: str) -> None:
         """Say how a rank's end came about once it is known (stopped, killed, returned)."""

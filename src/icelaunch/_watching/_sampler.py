@@ -1,10 +1,16 @@
-"""Look at every rank of one attempt at the same moment: ``/proc``, then one stack each.
+"""Look at every rank of one attempt at the same moment: ``/proc``, and where each one is.
 
 A sample reads each rank's ``/proc`` entry (state, CPU time, memory: no signal
-sent), then, when stacks are wanted, asks every rank for its stack at once with
-the stack signal (the same as ``icelaunch stacks``; answered from C, the rank's
-work goes on). The :class:`Tracker` turns samples into rows: CPU share since
-the last sample, how long a rank's stack has not changed.
+sent) and where its main thread is, from one of two sources:
+
+- ``"samples"``: the ranks' own samples (``_diagnosis._sampling``: a thread in
+  each rank looks at its main thread at every multiple of the interval, while
+  the run folder asks for it): no signal at all. The launcher's way.
+- ``"signal"``: the stack signal, as ``icelaunch stacks`` (faulthandler answers
+  from C). For ``icelaunch top`` when the ranks do not sample themselves.
+
+The :class:`Tracker` turns samples into rows: CPU share since the last sample,
+how long a rank's stack has not changed.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from icelaunch import _diagnosis
-from icelaunch._watching._frames import Where, where
+from icelaunch._watching._frames import Where, where, where_in
 
 #: seconds between two samples of the launcher (and of ``icelaunch top``)
 SAMPLE_INTERVAL_S = 0.5
-#: how long one sample waits for the ranks' stacks, all together
+#: how long one sample waits for the ranks' stacks, all together (signal source)
 STACK_BOUND_S = 0.3
+#: a rank's own sample older than this many intervals is stale (its thread waits for the
+#: GIL that native code holds): where it is stays unknown
+_STALE_INTERVALS = 2.5
 _SILENT_AFTER = 3  # a rank that did not answer this many samples running is not asked again
 
 
@@ -66,8 +75,9 @@ class Member:
 class Sampler:
     """Samples the ranks of one launch; remembers ranks that never answer."""
 
-    def __init__(self, owner: bool = True) -> None:
+    def __init__(self, owner: bool = True, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         self._owner = owner  # the launcher itself (it may empty grown dump files)
+        self._interval_s = interval_s
         self._unanswered: dict[int, int] = {}  # pid -> samples running without an answer
         self._started: set[int] = set()  # pids that showed a frame of their own code
 
@@ -76,15 +86,22 @@ class Sampler:
         run_dir: str,
         attempt: int,
         members: Mapping[int, Member],
-        stacks: bool = True,
+        source: str | None = "samples",
         up: Collection[int] = (),
     ) -> Sample:
-        """Look at ``members`` (global rank -> :class:`Member`) of ``attempt``; ``up``:
-        the global ranks known to run their own code (they reported in)."""
+        """Look at ``members`` (global rank -> :class:`Member`) of ``attempt``; ``source``
+        of where they are: ``"samples"``, ``"signal"`` or None; ``up``: the global ranks
+        known to run their own code (they reported in)."""
         now = time.monotonic()
         procs = {rank: _diagnosis.look(m.pid) for rank, m in members.items()}
+        places: dict[int, Where | None] = {}
+        if source == "samples":
+            for rank, m in members.items():
+                own = _diagnosis.read_sample(run_dir, attempt, m.local_rank)
+                if own is not None and now - own.t <= _STALE_INTERVALS * self._interval_s:
+                    places[rank] = where_in(own.frames, own.state)
         dumps: dict[int, str] = {}
-        if stacks:
+        if source == "signal":
             ready = {
                 r: info
                 for r, info in _diagnosis.ready_ranks(run_dir, attempt).items()
@@ -99,7 +116,9 @@ class Sampler:
         looks = {}
         for rank, member in sorted(members.items()):
             proc = procs[rank]
-            place = where(dumps[rank], proc.state if proc else "?") if rank in dumps else None
+            place = places.get(rank)
+            if rank in dumps:
+                place = where(dumps[rank], proc.state if proc else "?")
             if place is not None or rank in up:
                 self._started.add(member.pid)
             started = member.pid in self._started

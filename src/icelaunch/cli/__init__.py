@@ -13,14 +13,8 @@ Data flow::
 
 from __future__ import annotations
 
-from icelaunch.cli._main import (
-    EXIT_INTERRUPTED,
-    EXIT_TIMEOUT,
-    EXIT_USAGE,
-    exit_status,
-    main,
-    run,
-)
+from icelaunch._errors import EXIT_TIMEOUT, exit_status
+from icelaunch.cli._main import EXIT_INTERRUPTED, EXIT_USAGE, main, run
 from icelaunch.cli._parser import PROG, Invocation, build_parser, devices_for_nproc, parse
 
 __all__ = [

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from icelaunch import _rundir
+from icelaunch._errors import EXIT_TIMEOUT, exit_status
 from icelaunch.cli._parser import PROG, Invocation, build_parser, parse
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-EXIT_TIMEOUT = 124  # --timeout or --hang-timeout stopped the launch, as timeout(1) reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +86,3 @@ def _signals_handled(signals: str | None) -> Iterator[None]:
             os.environ.pop(_rundir.SIGNALS_ENV, None)
         else:
             os.environ[_rundir.SIGNALS_ENV] = saved
-
-
-def exit_status(exitcode: int) -> int:
-    """A worker's exit code as the command's status: 128+N for signal N, never 0.
-
-    >>> exit_status(3), exit_status(-9), exit_status(0)
-    (3, 137, 1)
-    """
-    if exitcode < 0:
-        return 128 - exitcode
-    return exitcode or 1

@@ -87,6 +87,8 @@ METAVARS = {
     "collective_timeout": "SECONDS",
     "shutdown_timeout": "SECONDS",
     "numa_binding": "STRATEGY",
+    "report": "PATH",
+    "slow_rank": "SECONDS|off",
 }
 FUNCTION_ONLY = ("warm_start", "process_group")
 NPROC_WORDS = {"gpu": "cuda:*", "cpu": "cpu:*", "auto": "auto:*"}
@@ -155,8 +157,25 @@ def _freeze_parameters() -> list[inspect.Parameter]:
     return [p for p in parameters if p.name not in ("self", *FUNCTION_ONLY)]
 
 
+def seconds_or_off(text: str) -> float | None:
+    """``--slow-rank``'s value: seconds, or ``off``/``none`` for None.
+
+    >>> seconds_or_off("20"), seconds_or_off("off")
+    (20.0, None)
+    """
+    if text.strip().lower() in ("off", "none"):
+        return None
+    return float(text)
+
+
+#: parameters whose text is read otherwise than by their type
+CONVERTERS: dict[str, Callable[[str], Any]] = {"slow_rank": seconds_or_off}
+
+
 def _converter(param: inspect.Parameter) -> Callable[[str], Any] | None:
     """How to read the parameter's value from text; None for a boolean flag."""
+    if param.name in CONVERTERS:
+        return CONVERTERS[param.name]
     kind = typing.get_type_hints(ElasticLauncher.__freeze__)[param.name]
     options = [k for k in typing.get_args(kind) if k is not type(None)] or [kind]
     if options[0] is bool:

@@ -63,8 +63,9 @@ REFUSED = {
         "--log-dir with --redirects/--tee for files, --local-ranks-filter for the console",
     ),
     "event_log_handler": (
-        "icelaunch records no torchelastic events",
-        "the `icelaunch` loggers (logging.getLogger('icelaunch')) for what happened",
+        "icelaunch emits no torchelastic events; it writes one run report instead (events, "
+        "every rank's start and end, failures, slow-rank findings)",
+        "--report run.json (then `icelaunch report run.json --timeline run.html`)",
     ),
     "duplicate_stdout_filters": (
         "icelaunch does not copy filtered lines to a second file",
