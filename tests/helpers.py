@@ -336,6 +336,7 @@ def launch(
     env: dict[str, str] | None = None,
     interrupt_when: str | None = None,
     timeout: float = RUN_TIMEOUT_S,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command line to the end; fail if it or any worker outlives it.
 
@@ -346,7 +347,7 @@ def launch(
     with tempfile.TemporaryDirectory() as logs:
         out_path, err_path = Path(logs, "stdout"), Path(logs, "stderr")
         with out_path.open("w") as out, err_path.open("w") as err:
-            proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, env=env)
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, env=env)
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
@@ -603,3 +604,153 @@ def cpu_hogs(count: int = 2) -> Iterator[None]:
         for hog in hogs:
             hog.kill()
             hog.wait()
+
+
+# --- run reports written by hand (report.schema.json, version 1) ---------------------------
+
+
+def _states(up: float, end: float, slow: bool = False, stuck: float = 1e9) -> list[list[Any]]:
+    """Sampled states every 0.5 s from ``up`` to ``end``: a step runs, then waits in
+    all_reduce (a slow rank only runs); from ``stuck`` on, it only waits."""
+    states: list[list[Any]] = []
+    t, i = up, 0
+    while t < end - 1e-9:
+        nxt = min(round(t + 0.5, 3), end)
+        waiting = (not slow and i % 3 == 2) or t >= stuck
+        state = "waiting" if waiting else "running"
+        where = "all_reduce (train.py:18)" if waiting else "step (train.py:12)"
+        if states and states[-1][2] == state:
+            states[-1][1] = nxt
+        else:
+            states.append([t, nxt, state, where])
+        t, i = nxt, i + 1
+    return states
+
+
+def rank_entry(
+    rank: int, attempt: int, started: float, up: float | None, ended: float | None, end: str,
+    code: int | None = None, sig: str | None = None, slow: bool = False, stuck: float = 1e9,
+) -> dict[str, Any]:  # fmt: skip
+    """One rank's entry in one attempt, its states sampled from ``up`` to its end."""
+    last = ended if ended is not None else started + 3.0
+    return {
+        "rank": rank,
+        "local_rank": rank,
+        "attempt": attempt,
+        "pid": 4000 + 100 * attempt + rank,
+        "started_s": started,
+        "up_s": up,
+        "ended_s": ended,
+        "end": end,
+        "exit_code": code,
+        "signal": sig,
+        "peak_rss_bytes": (300 + 10 * rank) * MB,
+        "cpu_s": round(last - started, 2),
+        "gpu_peak_bytes": None,
+        "states": _states(up, last, slow, stuck) if up is not None else [],
+        "stack_at_stop": None,
+    }
+
+
+def run_report(**changes: Any) -> dict[str, Any]:
+    """A launch of 4 ranks, written by hand: attempt 0 fails (rank 2 at 5.0 s, rank 1 slow
+    from 2.0 s, rank 3 killed after the stop's grace), a restart at 8.5 s, attempt 1 fails
+    again (rank 2 at 13.2 s, rank 3 stalled in all_reduce)."""
+    ranks = [
+        rank_entry(0, 0, 0.2, 1.1, 5.4, "stopped", -15, "SIGTERM", stuck=5.0),
+        rank_entry(1, 0, 0.2, 1.2, 5.4, "stopped", -15, "SIGTERM", slow=True),
+        rank_entry(2, 0, 0.2, 1.3, 5.0, "failed", 1),
+        rank_entry(3, 0, 0.2, 1.1, 8.4, "killed", -9, "SIGKILL", stuck=5.0),
+        *(
+            rank_entry(r, 1, 8.6, 9.4, 13.5, "stopped", -15, "SIGTERM", stuck=10.0)
+            for r in (0, 1, 3)
+        ),
+        rank_entry(2, 1, 8.6, 9.5, 13.2, "failed", 1),
+    ]
+    failed = "WorkerFailedError: rank 2 (local rank 2, exit code 1) failed first: ValueError: "
+    failed += "loss is nan"
+    report: dict[str, Any] = {
+        "schema": "icelaunch-run-report",
+        "version": 1,
+        "icelaunch": "0.1.0",
+        "torch": "2.13.0",
+        "host": "node-a",
+        "launcher_pid": 3999,
+        "node_rank": 0,
+        "target": "train.py --epochs 2",
+        "parameters": {"devices": "cpu:0-3", "max_restarts": 1},
+        "started_at": "2026-12-05T10:00:00+00:00",
+        "ended_at": "2026-12-05T10:00:14+00:00",
+        "duration_s": 14.0,
+        "sample_interval_s": 0.5,
+        "outcome": {
+            "status": "failed",
+            "message": "rank 2 failed (exit code 1)",
+            "signal": None,
+            "exit_status": 1,
+        },
+        "events": [
+            {"t_s": 0.0, "kind": "launch_started", "message": "the launch began"},
+            {"t_s": 0.2, "kind": "workers_started", "message": "attempt 0", "attempt": 0},
+            {
+                "t_s": 5.0,
+                "kind": "rank_exited",
+                "message": "rank 2 ended with status 1",
+                "attempt": 0,
+                "rank": 2,
+            },
+            {
+                "t_s": 8.5,
+                "kind": "restart",
+                "message": "restarting (1 of 1): rank 2 failed",
+                "attempt": 0,
+            },
+            {"t_s": 8.6, "kind": "workers_started", "message": "attempt 1", "attempt": 1},
+            {"t_s": 13.2, "kind": "failure", "message": "rank 2 failed", "attempt": 1},
+            {"t_s": 14.0, "kind": "launch_ended", "message": "failed"},
+        ],
+        "ranks": ranks,
+        "findings": [
+            {
+                "kind": "slow_rank",
+                "rank": 1,
+                "attempt": 0,
+                "from_s": 2.0,
+                "to_s": 4.8,
+                "message": "rank 1 is slowing the job: for 3 s the other ranks waited (about 2 s "
+                "in all) in all_reduce (train.py:18) while rank 1 was in load_batch (data.py:40)",
+                "waited_s": 2.1,
+                "function": "load_batch",
+                "where": "data.py:40",
+                "waited_in": "all_reduce",
+                "waited_where": "train.py:18",
+            },
+            {
+                "kind": "stall",
+                "rank": 3,
+                "attempt": 1,
+                "from_s": 10.0,
+                "to_s": 13.4,
+                "message": "rank 3 waited 3 s in all_reduce (train.py:18) without moving",
+                "waited_in": "all_reduce",
+                "waited_where": "train.py:18",
+            },
+        ],
+        "stacks_at_stop": None,
+        "failure": {
+            "type": "WorkerFailedError",
+            "message": failed + "\n  Traceback (most recent call last): ...",
+            "ranks": [
+                {
+                    "rank": 2,
+                    "local_rank": 2,
+                    "exit_code": 1,
+                    "signal": None,
+                    "exc_type": "ValueError",
+                    "message": "loss is nan",
+                }
+            ],
+        },
+    }
+    report.update(changes)
+    return report

@@ -7,7 +7,10 @@ import sys
 
 
 def test_import_does_not_import_torch():
-    code = "import icelaunch, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = (
+        "import icelaunch, sys; heavy = {'torch', 'matplotlib'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
@@ -20,6 +23,17 @@ def test_the_script_runner_imports_no_torch_before_the_script():
     code = (
         "import sys; import icelaunch._worker._script; "
         "heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_report_command_imports_no_torch_and_no_matplotlib_before_drawing():
+    code = (
+        "import sys; import icelaunch.cli._report; "
+        "heavy = {'torch', 'matplotlib', 'numpy'} & set(sys.modules); assert not heavy, heavy"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False

@@ -1,4 +1,5 @@
-"""The command line: ``icelaunch [options] script.py`` and ``icelaunch stacks [PID]``.
+"""The command line: ``icelaunch [options] script.py``, ``icelaunch stacks [PID]``,
+``icelaunch report RUN.json``.
 
 Data flow::
 
@@ -7,6 +8,7 @@ Data flow::
          --_main.run--> engine.launch_command --> exit status (0, the first failed
             rank's code, 124 timeout, 128+N signal, 2 usage)
     `icelaunch stacks [PID]` --_stacks--> job folders in the temp dir --> grouped stacks
+    `icelaunch report RUN.json [--timeline OUT]` --_report--> summary (and a picture)
 
 ``--help`` imports no torch: the engine is imported only to launch.
 """

@@ -134,7 +134,12 @@ while a launch runs:
   icelaunch stacks [PID]   the Python stacks of its workers, grouped, without
                            disturbing them (PID: the launching process; none:
                            every launch you may see). A script file named
-                           stacks runs as `icelaunch ./stacks`."""
+                           stacks runs as `icelaunch ./stacks`.
+
+after it:
+  icelaunch report RUN.json [--timeline OUT.html]   the run report (--report
+                           PATH) summed up; the ranks over time drawn.
+                           A script file named report runs as `icelaunch ./report`."""
 
 
 @dataclass(frozen=True)
