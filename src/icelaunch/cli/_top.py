@@ -187,6 +187,7 @@ class Watcher:
         self._up: set[int] = set()  # ranks that run a program of their own (exec'd)
         self._stacked: set[int] = set()  # pids whose stack this command saw
         self._last_where: dict[int, str] = {}  # pid -> where it was last seen
+        self._findings: tuple[str, ...] = ()  # the launcher's latest
 
     def fileno(self) -> int | None:
         """A descriptor that turns readable when the launcher ends (None: not to be had)."""
@@ -210,13 +211,14 @@ class Watcher:
             lines = self._from_launcher(doc)
             if not doc.get("stacks"):
                 lines = self._with_stacks(lines)
-        findings = tuple(str(f) for f in doc.get("findings") or []) if doc else ()
+        if doc is not None:
+            self._findings = tuple(str(f) for f in doc.get("findings") or [])
         return View(
             self.pid,
             self.command,
             self._attempt,
             tuple(self._remember(lines)),
-            findings,
+            self._findings,  # at the end, the last ones seen
             from_launcher=doc is not None,
             ended=self.ended,
         )
