@@ -9,8 +9,11 @@ Data flow::
             rank's code, 124 timeout, 128+N signal, 2 usage)
     `icelaunch stacks [PID]` --_stacks--> job folders in the temp dir --> grouped stacks
     `icelaunch report RUN.json [--timeline OUT]` --_report--> summary (and a picture)
+    `icelaunch top [PID]` --_top--> the same job folders --> live.json (_watching.read), or
+        its own samples (_watching.Sampler) --> _top_view: a rich table (terminal) or text
 
-``--help`` imports no torch: the engine is imported only to launch.
+``--help`` imports no torch: the engine is imported only to launch; ``rich`` only by
+``icelaunch top``.
 """
 
 from __future__ import annotations

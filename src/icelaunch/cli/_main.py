@@ -2,7 +2,8 @@
 
 ``main`` parses (``_parser``), launches through the engine's command door and
 turns how the launch ended into an exit status; ``icelaunch stacks`` is
-``_stacks``, ``icelaunch report`` is ``_report``.
+``_stacks``, ``icelaunch report`` is ``_report``, ``icelaunch top`` is ``_top`` (drawn by
+``_top_view``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def _main(argv: list[str]) -> int:
         from icelaunch.cli._report import report_command
 
         return report_command(argv[1:])
+    if argv[:1] == ["top"]:  # a script file named top runs as `icelaunch ./top`
+        from icelaunch.cli._top import top_command
+
+        return top_command(argv[1:])
     parser = build_parser()
     try:
         invocation = parse(parser, argv)
