@@ -88,13 +88,26 @@ def is_icelaunch(path: str) -> bool:
     return _ICELAUNCH_FILE.search(path) is not None
 
 
+# an installed package or the standard library of any Python (the job may run in another
+# environment than the one looking at it: `icelaunch top` from pipx, a job in a venv)
+_ANY_LIBRARY = re.compile(r"[/\\](?:site|dist)-packages[/\\]|[/\\]lib[/\\]python\d+\.\d+[/\\]")
+
+
 def is_library(frame: Frame) -> bool:
-    """Whether ``frame`` is in the standard library, an installed package or icelaunch."""
+    """Whether ``frame`` is in the standard library, an installed package or icelaunch.
+
+    >>> is_library(Frame("/other/venv/lib/python3.12/site-packages/torch/x.py", 1, "f"))
+    True
+    >>> is_library(Frame("/home/me/train.py", 3, "main"))
+    False
+    """
     if frame.file.startswith("<frozen ") or is_icelaunch(frame.file):
         return True
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    return any(frame.file.startswith(root + os.sep) for root in roots)
+    if any(frame.file.startswith(root + os.sep) for root in roots):
+        return True
+    return _ANY_LIBRARY.search(frame.file) is not None
 
 
 def _trimmed(frames: Thread) -> Thread:
