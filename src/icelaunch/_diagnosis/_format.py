@@ -8,6 +8,7 @@ elastic wrapper, runpy) and mark the innermost user frame with ``>``.
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import re
@@ -101,13 +102,23 @@ def is_library(frame: Frame) -> bool:
     >>> is_library(Frame("/home/me/train.py", 3, "main"))
     False
     """
-    if frame.file.startswith("<frozen ") or is_icelaunch(frame.file):
+    return _library_file(frame.file)
+
+
+@functools.lru_cache(maxsize=4096)
+def _library_file(path: str) -> bool:
+    """:func:`is_library` by file (a sample looks at the same few files again and again)."""
+    if path.startswith("<frozen ") or is_icelaunch(path):
         return True
+    if any(path.startswith(root + os.sep) for root in _library_roots()):
+        return True
+    return _ANY_LIBRARY.search(path) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> frozenset[str]:
     paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    if any(frame.file.startswith(root + os.sep) for root in roots):
-        return True
-    return _ANY_LIBRARY.search(frame.file) is not None
+    return frozenset(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths)
 
 
 def _trimmed(frames: Thread) -> Thread:

@@ -25,7 +25,7 @@ A room of level 4: it builds on ``_diagnosis`` (stacks, ``/proc``) and ``_rundir
 
 from __future__ import annotations
 
-from icelaunch._watching._frames import Where, where
+from icelaunch._watching._frames import Where, where, where_in
 from icelaunch._watching._gpu import GpuReader, GpuUse
 from icelaunch._watching._live import publish, read
 from icelaunch._watching._monitor import Monitor
@@ -61,5 +61,6 @@ __all__ = [
     "publish",
     "read",
     "where",
+    "where_in",
     "write",
 ]
