@@ -165,6 +165,12 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"master_port": 2**64}, ValueError, r"master_port 18446744073709551616: must be a TCP"),
     ({"master_port": -1}, ValueError, r"invalid master_port -1: must be a TCP port"),
     ({"rdzv_configs": "timeout=99999999999"}, ValueError, r"at most 1000000000"),
+    ({"slow_rank": 2}, ValueError, r"invalid slow_rank 2: must be at least 5 seconds"),
+    ({"slow_rank": 0}, ValueError, r"invalid slow_rank 0: must be a positive number"),
+    ({"slow_rank": float("nan")}, ValueError, r"invalid slow_rank nan"),
+    ({"slow_rank": "30"}, TypeError, r"slow_rank must be int or float, not '30'"),
+    ({"report": ""}, ValueError, r"invalid report '': must be a file path or None"),
+    ({"report": 3}, TypeError, r"report must be str or PathLike, not 3"),
 ]
 
 
@@ -190,6 +196,17 @@ def test_log_dir_that_is_a_file(tmp_path: Any) -> None:
     path.write_text("x")
     with pytest.raises(ValueError, match="is a file; it must be a directory"):
         ElasticLauncher("cpu", log_dir=str(path)).freeze()
+
+
+def test_report_that_is_a_folder(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"is a directory; it must name a file, e\.g\. report="):
+        ElasticLauncher("cpu", report=str(tmp_path)).freeze()
+
+
+def test_report_and_slow_rank_as_given() -> None:
+    spec = ElasticLauncher("cpu", report="out/run.json", slow_rank=None).freeze().spec
+    assert (spec.report, spec.slow_rank) == ("out/run.json", None)
+    assert ElasticLauncher("cpu").freeze().spec.slow_rank == 30.0
 
 
 def test_unknown_argument_lists_valid_ones() -> None:

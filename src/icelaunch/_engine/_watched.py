@@ -34,7 +34,7 @@ def watched(spec: LaunchSpec, job_dir: str) -> Iterator[_watching.Monitor]:
     except BaseException as exc:
         _write(spec, recorder, *_outcome(exc), failure=exc)
         raise
-    _write(spec, recorder, "succeeded", "every rank returned", None, 0, failure=None)
+    _write(spec, recorder, "succeeded", recorder.success_message(), None, 0, failure=None)
 
 
 def _outcome(exc: BaseException) -> tuple[str, str, str | None, int | None]:

@@ -170,6 +170,12 @@ class Recorder:
         if grouped:
             self.stacks_at_stop = grouped
 
+    def success_message(self) -> str:
+        """How a successful launch ended: its functions returned, or its commands exited."""
+        if any(run.end == "exited" for run in self.runs.values()):
+            return "every rank exited with status 0"
+        return "every rank returned"
+
     def report(
         self, status: str, message: str, sig: str | None, exit_status: int | None, failure: Any
     ) -> dict[str, Any]:
