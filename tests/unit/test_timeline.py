@@ -10,6 +10,7 @@ import itertools
 import json
 import struct
 import sys
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -160,6 +161,18 @@ def test_a_report_the_recorder_builds_reads_back() -> None:
     assert [e.end for e in found[1].ends] == ["failed", "running"]
     assert len(found[0].restarts) == 1
     assert "rank 1 failed" in summary(report)
+
+
+def test_a_rank_seen_up_after_its_end_was_noted_is_up_by_its_end() -> None:
+    """The agent may read a rank's "up" after it noted the rank's death (both arrived
+    while it waited): up_s never comes after ended_s."""
+    recorder = Recorder("job", {}, 0)
+    recorder.workers_started(0, {0: (0, 11)})
+    recorder.rank_ended(0, 0, 1, time.time())
+    time.sleep(0.01)
+    recorder.rank_up(0, 0)
+    (entry,) = valid(recorder.report("failed", "", None, 1, None))["ranks"]
+    assert entry["started_s"] <= entry["up_s"] <= entry["ended_s"]
 
 
 # ---- pictures -----------------------------------------------------------------------------

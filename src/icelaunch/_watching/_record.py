@@ -105,7 +105,8 @@ class Recorder:
         """The rank's own code began (it reported in)."""
         run = self.runs.get((attempt, rank))
         if run is not None and run.up_t is None:
-            run.up_t = time.monotonic()
+            now = time.monotonic()  # the news may come after its end was noted
+            run.up_t = now if run.ended_t is None else min(now, run.ended_t)
 
     def rank_ended(
         self, attempt: int, rank: int, code: int, died_wall: float, end: str | None = None
