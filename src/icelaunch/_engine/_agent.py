@@ -16,7 +16,7 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, W
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from icelaunch import _rundir, _torch_internals, _watching
+from icelaunch import _diagnosis, _rundir, _torch_internals, _watching
 from icelaunch._diagnosis import Watch
 from icelaunch._engine import _forkserver, _procs, _stop
 from icelaunch._engine._signals import LaunchSignals, StopOutcome, is_stop
@@ -144,6 +144,8 @@ class Agent(LocalElasticAgent):
         self.stop_outcome: StopOutcome | None = None
         self._monitor = monitor
         self._stopping_ranks = False  # ranks that end now were ended by our stop
+        #: the signals our stop sent, once known (see :func:`_end_in_stop`)
+        self._stop_sent: set[int] | None = None
         self._told_up: set[int] = set()  # local ranks the monitor knows are up
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
@@ -165,9 +167,11 @@ class Agent(LocalElasticAgent):
             self._workers = _procs.workers_of(_torch_internals.process_context(self))
             if self._signals is not None:
                 self._signals.install(self._forward)  # ours instead of torch's
-        self._stopping_ranks, self._told_up = False, set()
+        self._stopping_ranks, self._stop_sent, self._told_up = False, None, set()
         if self._monitor is not None:
-            self._monitor.event("rendezvous_done", "rendezvous done; workers starting")
+            self._monitor.event(  # the monitor's attempt is still the last one's here
+                "rendezvous_done", "rendezvous done; workers starting", attempt=self.attempt
+            )
             self._monitor.workers_started(
                 self._run_dir,
                 self.attempt,
@@ -198,7 +202,7 @@ class Agent(LocalElasticAgent):
             self._signals.raise_requested()  # a stop asked for from a thread
         self._note_exits()
         if self._watch is not None:
-            self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
+            self._check_limits(worker_group)
         self._listener.receive()  # a rank that returned, then exited, has reported by now
         if self._monitor is not None:
             self._watch_ranks(worker_group)
@@ -273,6 +277,17 @@ class Agent(LocalElasticAgent):
                     self.exits[w.local_rank] = (code, self._died[w.local_rank])
                     self._tell_end(w.local_rank, code, self._died[w.local_rank])
 
+    def _check_limits(self, worker_group: WorkerGroup) -> None:
+        """The launch's time limits (``timeout``, ``hang_timeout``); a stop for one is an
+        event of the report."""
+        assert self._watch is not None
+        try:
+            self._watch.check(self._run_dir, self.attempt, self._running(worker_group))
+        except _diagnosis.Stopped as stop:
+            if self._monitor is not None:
+                self._monitor.event("stop", stop.message, reason=stop.reason)
+            raise
+
     def _tell_end(self, local_rank: int, code: int, died: float) -> None:
         """The monitor learns how a rank ended: returned, stopped by us, or on its own."""
         if self._monitor is None:
@@ -283,7 +298,7 @@ class Agent(LocalElasticAgent):
         if code == 0 and local_rank in self._listener.done:
             end = "returned"
         elif self._stopping_ranks:
-            end = "stopped"
+            end = _end_in_stop(code, self._stop_sent)
         self._monitor.rank_ended(rank, code, died, end)
 
     def _watch_ranks(self, worker_group: WorkerGroup) -> None:
@@ -363,6 +378,7 @@ class Agent(LocalElasticAgent):
             sent = _stop.stop_workers(
                 self._workers, self._first_signal(death_sig), mark=self._mark, settle_s=settle_s
             )
+            self._stop_sent = sent
             self._note_exits()
             on_own = {r for r, (code, _) in self.exits.items() if -code not in sent}
             self.own_failures = self._failures(
@@ -388,12 +404,17 @@ class Agent(LocalElasticAgent):
         self.stop_outcome = outcome
         if self._workers:
             began = time.monotonic()
+            if self._monitor is not None:
+                self._monitor.event(
+                    "stop", f"{sig.name}: the ranks were asked to stop", reason=sig.name
+                )
             self._write_stop_file(sig)  # ranks that poll stop_requested() start saving now
             if self._reports_done:
                 _procs.release_workers(_torch_internals.process_context(self))
             self._note_exits()
             self._take_stacks(group)  # where the ranks were when the stop came (shown)
             asked = self._to_signal()
+            self._stopping_ranks, self._stop_sent = True, None  # every end is the stop's now
             logger.warning(
                 "%s: stopping; the ranks have up to %s s to exit on their own "
                 "(shutdown_timeout; another stop signal, e.g. Ctrl-C, stops them now)",
@@ -407,10 +428,6 @@ class Agent(LocalElasticAgent):
                 outcome.cut_short = signals.last
             outcome.values = self._returned_values(group)
             outcome.killed = {group.workers[w.local_rank].global_rank for w in left}
-            if self._monitor is not None:
-                self._monitor.event(
-                    "stop", f"{sig.name}: the ranks were asked to stop", reason=sig.name
-                )
             self._stop(signal.SIGKILL if left else sig, 0.0, stacks=False)
             if self._monitor is not None:
                 for rank in outcome.killed:
@@ -548,6 +565,21 @@ class Agent(LocalElasticAgent):
         # (tens of ms on return), for the default handler, which drops them
         if _torch_internals.worker_group(self).spec.event_log_handler != "null":
             super()._record_worker_events(result)
+
+
+def _end_in_stop(code: int, sent: set[int] | None) -> str | None:
+    """How a rank that ended while its workers were stopped ended, for the report.
+
+    ``sent``: the signals the stop sent (None in a stop asked for by a signal,
+    where every end is the stop's). ``stopped`` by the stop's signal, ``killed``
+    once its grace ran out; None (its own end, e.g. a peer that failed of a
+    failure while the others settled) for a status none of them gives.
+    """
+    if sent is None:
+        return "stopped"
+    if -code not in sent:
+        return None
+    return "killed" if -code == signal.SIGKILL else "stopped"
 
 
 def _readable(fd: int) -> bool:
