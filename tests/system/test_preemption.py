@@ -313,7 +313,8 @@ def test_a_closed_output_pipe_ends_the_launch(tmp_path: Path, what: str) -> None
     assert_gone(pid_files(out), 5)
     for rank in (0, 1):  # a rank stopped before it wrote anything has no log file
         count = out / f"count-{rank}"
-        written = int(count.read_text()) if count.exists() else -1  # lines it finished
+        text = count.read_text() if count.exists() else ""  # empty: stopped mid-write
+        written = int(text) if text else -1  # lines it finished
         logged = list(logs.glob(f"*/attempt_0/{rank}/stdout.log"))
         lines = logged[0].read_text().splitlines() if logged else []
         whole = [f"line {i}" for i in range(len(lines))]
