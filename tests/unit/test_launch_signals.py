@@ -52,3 +52,13 @@ def test_a_signal_the_caller_ignores_stays_ignored_while_held() -> None:
             assert signals.requested is None
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_stop_inside_a_block_that_must_not_be_cut_is_raised_after_it() -> None:
+    finished = []
+    with _signals.held() as signals:
+        signals.install(lambda sig: None)  # the workers run: a stop raises at once
+        with pytest.raises(SignalException), signals.deferred():
+            signal.raise_signal(signal.SIGINT)
+            finished.append(True)
+    assert finished

@@ -240,16 +240,24 @@ class Agent(LocalElasticAgent):
 
         The workers are then released and end on their own (destroying their
         process groups) while the launch returns: :meth:`finish` waits for them.
-        torch's ``_poll`` would wait for every process to exit first.
+        torch's ``_poll`` would wait for every process to exit first. A stop signal
+        meanwhile is raised after it: raised inside a queue's read or the release (a
+        multiprocessing Event), it would leave them half done.
         """
-        for local_rank, queue in queues.items():
-            if local_rank not in self._values and not queue.empty():
-                self._values[local_rank] = queue.get()
-                if self._monitor is not None:
-                    self._monitor.rank_returned(worker_group.workers[local_rank].global_rank)
-        if len(self._values) < len(self._workers):
+        held: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self._signals is not None:
+            held = self._signals.deferred()
+        with held:
+            for local_rank, queue in queues.items():
+                if local_rank not in self._values and not queue.empty():
+                    self._values[local_rank] = queue.get()
+                    if self._monitor is not None:
+                        self._monitor.rank_returned(worker_group.workers[local_rank].global_rank)
+            every = len(self._values) == len(self._workers)
+            if every:
+                _procs.release_workers(_torch_internals.process_context(self))
+        if not every:
             return RunResult(state=WorkerState.HEALTHY)
-        _procs.release_workers(_torch_internals.process_context(self))
         self.finishing = True
         by_rank = {worker_group.workers[r].global_rank: v for r, v in self._values.items()}
         return RunResult(state=WorkerState.SUCCEEDED, return_values=by_rank)

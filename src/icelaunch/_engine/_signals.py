@@ -94,6 +94,7 @@ class LaunchSignals:
         self._raised = False
         self._holding = False  # a stop signal is only noted (see hold)
         self._answering = False  # ... except in a wait for other nodes (see answering)
+        self._deferring = False  # a stop signal is raised after a block (see deferred)
         self._noted_held = False  # a stop signal came while held
         self._restored = False
         self._count = 0
@@ -167,6 +168,17 @@ class LaunchSignals:
         finally:
             self._answering = False
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stop signal inside the block is noted, and raised after it: the block must
+        not be cut in two (e.g. a multiprocessing Event half set)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.raise_requested()
+
     def install(self, forward: Forward) -> None:
         """Put our handlers in place (after torch's agent installed its own)."""
         self._forward = forward
@@ -220,6 +232,8 @@ class LaunchSignals:
         if self._holding and not self._answering:
             self._noted_held = True
             return  # raised at the launch's next safe point
+        if self._deferring:
+            return  # raised after the block
         if not self.stopping and not self._raised:
             self._raised = True
             raise _signal_exception(f"Process {os.getpid()} got signal: {sig}", sig)
