@@ -133,10 +133,6 @@ class LaunchSignals:
                 forwards.add(sig)
         return frozenset(stops), frozenset(forwards)
 
-    def handles(self, sig: int) -> bool:
-        """Whether this launch handles ``sig`` (a stop or a forward)."""
-        return sig in self._stops or sig in self._forwards
-
     # -- installing --------------------------------------------------------------------
 
     def _in_main_thread(self) -> bool:
