@@ -2,23 +2,28 @@
 
 Worker functions here are importable by workers (tests/ is on sys.path). The sections:
 worker functions and process checks; multi-node "nodes" as separate launcher processes;
-the ``icelaunch`` command run to the end; Jupyter kernels driven by nbclient; objects of
-every kind for the shared-memory transfer.
+the ``icelaunch`` command run to the end; a command under a pseudo-terminal; Jupyter
+kernels driven by nbclient; objects of every kind for the shared-memory transfer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import textwrap
 import time
+import tty
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,6 +392,63 @@ def write(tmp_path: Path, name: str, code: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(code))
     return path
+
+
+# --- a terminal: a command under a raw pseudo-terminal ------------------------------------------
+
+#: (all it wrote so far, the terminal's master fd, the process), after every read
+OnOutput = Callable[[bytes, int, subprocess.Popen[bytes]], None]
+
+
+def run_in_pty(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    on_output: OnOutput | None = None,
+    winsize: tuple[int, int] | None = None,
+) -> tuple[int, bytes, list[tuple[float, int]]]:
+    """Run ``argv`` with a raw pseudo-terminal (``winsize``: rows, columns) as stdout and
+    stderr, in a session of its own, killed after ``timeout`` s.
+
+    Returns its exit code, all it wrote, and (time.monotonic(), bytes so far) after
+    every read; ``on_output`` is called after every read too.
+    """
+    master, slave = os.openpty()
+    tty.setraw(slave)  # the launcher's bytes arrive unchanged (no \n -> \r\n)
+    if winsize is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *winsize, 0, 0))
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    chunks: list[bytes] = []
+    marks: list[tuple[float, int]] = []
+    total = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(master, 1 << 20)
+            except OSError:  # EIO: every process holding the terminal has ended
+                break
+            if not data:
+                break
+            total += len(data)
+            marks.append((time.monotonic(), total))
+            chunks.append(data)
+            if on_output is not None:
+                on_output(b"".join(chunks), master, proc)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait(timeout=30)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks), marks
 
 
 # --- Jupyter: a real kernel driven by nbclient -------------------------------------------------

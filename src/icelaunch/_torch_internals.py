@@ -108,6 +108,7 @@ PRIVATE: tuple[Private, ...] = (
 
 #: torch agent methods that ``_engine/_agent.Agent`` overrides
 AGENT_OVERRIDES = (
+    "_rendezvous",
     "_start_workers",
     "_monitor_workers",
     "_stop_workers",

@@ -7,25 +7,20 @@ console received.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
-import select
 import signal
 import struct
 import subprocess
 import sys
 import termios
 import textwrap
-import time
-import tty
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers import icelaunch
+from helpers import OnOutput, icelaunch, run_in_pty
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 120
@@ -85,45 +80,10 @@ def _job(tmp_path: Path, code: str, **options: object) -> Path:
     return path
 
 
-def run_in_pty(
-    argv: list[str],
-    cwd: Path,
-    on_output: Callable[[bytes, int, subprocess.Popen[bytes]], None] | None = None,
-) -> tuple[int, bytes]:
-    """Run ``argv`` with a raw pseudo-terminal as stdout and stderr; all it wrote.
-
-    ``on_output(all so far, terminal fd, process)`` is called after every read.
-    """
-    master, slave = os.openpty()
-    tty.setraw(slave)  # the launcher's bytes arrive unchanged (no \n -> \r\n)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-        start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([master], [], [], 1.0)[0]:
-                continue
-            try:
-                data = os.read(master, 1 << 16)
-            except OSError:  # EIO: every process holding the terminal has ended
-                break
-            if not data:
-                break
-            chunks.append(data)
-            if on_output is not None:
-                on_output(b"".join(chunks), master, proc)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait(timeout=30)
-    finally:
-        os.close(master)
-    return code, b"".join(chunks)
+def _in_pty(argv: list[str], cwd: Path, on_output: OnOutput | None = None) -> tuple[int, bytes]:
+    """Run ``argv`` on a raw terminal of ``COLUMNS`` x ``ROWS``; its code and all it wrote."""
+    code, out, _ = run_in_pty(argv, cwd, ENV, RUN_TIMEOUT_S, on_output, (ROWS, COLUMNS))
+    return code, out
 
 
 def run_in_pipes(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -145,7 +105,7 @@ def _assert_redraws_in_place(out: bytes, marker: bytes, draws: int | None = None
 
 @pytest.mark.timeout(RUN_TIMEOUT_S * 2)
 def test_a_terminal_shows_progress_bars_in_place(tmp_path: Path) -> None:
-    code, out = run_in_pty([sys.executable, str(_job(tmp_path, FUNCTION_JOB))], tmp_path)
+    code, out = _in_pty([sys.executable, str(_job(tmp_path, FUNCTION_JOB))], tmp_path)
     assert code == 0, out
     width = COLUMNS - len(PREFIX)  # a full-width line still fits after the prefix
     assert f"[rank0]: SEEN 0 True True {width}\n".encode() in out, out
@@ -172,7 +132,7 @@ def test_pipes_give_workers_pipes_and_whole_prefixed_lines(tmp_path: Path) -> No
 @pytest.mark.timeout(RUN_TIMEOUT_S * 2)
 def test_scripts_under_the_command_see_a_terminal_too(tmp_path: Path) -> None:
     job = _job(tmp_path, SCRIPT_JOB)
-    code, out = run_in_pty(icelaunch("--devices", "cpu:0-1", str(job)), ROOT)
+    code, out = _in_pty(icelaunch("--devices", "cpu:0-1", str(job)), ROOT)
     assert code == 0, out
     width = COLUMNS - len(PREFIX)
     assert f"[rank0]: SEEN 0 True True {width}\n".encode() in out, out
@@ -215,7 +175,7 @@ def test_a_resized_terminal_reaches_the_workers(tmp_path: Path) -> None:
         resized.append(True)
 
     job = _job(tmp_path, RESIZE_JOB)
-    code, out = run_in_pty([sys.executable, str(job)], tmp_path, resize_when_ready)
+    code, out = _in_pty([sys.executable, str(job)], tmp_path, resize_when_ready)
     assert code == 0, out
     width = COLUMNS - len(PREFIX)
     assert f"[rank0]: READY 0 {width}\n".encode() in out, out

@@ -13,19 +13,15 @@ its prefix, in order.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import select
-import signal
-import subprocess
 import sys
 import textwrap
-import time
-import tty
 from pathlib import Path
 
 import pytest
+
+from helpers import run_in_pty
 
 RANKS = 8
 SIZE = 2 << 20  # bytes each rank writes, per launch
@@ -70,42 +66,6 @@ def _stream(rank: int) -> bytes:
     return (one * (SIZE // len(one) + 1))[:SIZE]
 
 
-def _run_in_pty(argv: list[str], cwd: Path) -> tuple[int, bytes, list[tuple[float, int]]]:
-    """Run ``argv`` on a raw terminal; (exit code, all it wrote, (time, bytes so far)
-    after every read)."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-        start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
-    chunks: list[bytes] = []
-    marks: list[tuple[float, int]] = []
-    total = 0
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([master], [], [], 1.0)[0]:
-                continue
-            try:
-                data = os.read(master, 1 << 20)
-            except OSError:  # EIO: every process holding the terminal has ended
-                break
-            if not data:
-                break
-            total += len(data)
-            marks.append((time.monotonic(), total))
-            chunks.append(data)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait(timeout=30)
-    finally:
-        os.close(master)
-    return code, b"".join(chunks), marks
-
-
 def _seen_by(marks: list[tuple[float, int]], moment: float) -> int:
     """How many bytes the terminal had given us by ``moment``."""
     return max((n for t, n in marks if t <= moment), default=0)
@@ -141,7 +101,8 @@ def _check_launch(
 def test_eight_ranks_flooding_without_line_ends_stay_live(tmp_path: Path) -> None:
     job = tmp_path / "flood.py"
     job.write_text(textwrap.dedent(JOB))
-    code, out, marks = _run_in_pty([sys.executable, str(job), str(tmp_path)], tmp_path)
+    argv = [sys.executable, str(job), str(tmp_path)]
+    code, out, marks = run_in_pty(argv, tmp_path, ENV, RUN_TIMEOUT_S)
     assert code == 0, out[-3000:]
     assert out.endswith(b"END\n"), out[-3000:]
     starts = [out.index(f"LAUNCH {i}\n".encode()) for i in range(LAUNCHES)] + [len(out)]

@@ -161,6 +161,63 @@ def test_ctrl_c_early_in_a_launch_prints_no_traceback(tmp_path: Path, delay_s: f
     assert proc.returncode == 130 or "finished" in out, out
 
 
+# Ctrl-C at a set moment of torch's import: when torch's C++ initialisers import numpy.
+# A KeyboardInterrupt raised there is swallowed (torch goes on without numpy) or, in
+# other C++ initialisers (torch._C._autograd_init), aborts the process with SIGABRT.
+DURING_TORCH_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class CtrlCOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+def work():
+    return 0
+
+if __name__ == "__main__":
+    assert "torch" not in sys.modules and "numpy" not in sys.modules
+    sys.meta_path.insert(0, CtrlCOnImport())
+    if sys.argv[1] == "command":
+        from icelaunch.cli import main
+        code = main(["--devices", "auto", sys.argv[2]])  # parsing imports torch
+    else:
+        from icelaunch import ElasticLauncher
+        launcher = ElasticLauncher("cpu:0-1").freeze()
+        try:
+            launcher(work)  # the engine imports torch
+            code = 0
+        except KeyboardInterrupt:
+            code = 130
+    import torch
+    print("torch has numpy:", torch.zeros(1).numpy().shape == (1,), flush=True)
+    sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("door", ["function", "command"])
+def test_ctrl_c_while_a_launch_imports_torch_is_raised_after_it(tmp_path: Path, door: str) -> None:
+    script = tmp_path / "importing.py"
+    script.write_text(textwrap.dedent(DURING_TORCH_IMPORT))
+    rank = tmp_path / "rank.py"
+    rank.write_text("print('the rank ran', flush=True)\n")
+    result = subprocess.run(
+        [sys.executable, str(script), door, str(rank)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        start_new_session=True,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 130, out
+    assert "the rank ran" not in out
+    assert "torch has numpy: True" in out
+    assert "Traceback" not in out, out
+
+
 FORK_SERVER_MASK = """
 import multiprocessing.forkserver
 from icelaunch._engine import _forkserver

@@ -113,6 +113,7 @@ def test_the_agent_overrides_torch_methods_whose_signatures_it_knows() -> None:
     base = torch_local_agent.LocalElasticAgent
     group_only = ["self", "worker_group"]
     expected = {
+        "_rendezvous": group_only,
         "_start_workers": group_only,
         "_monitor_workers": group_only,
         "_stop_workers": group_only,  # a torch that adds is_restart breaks the restart path

@@ -10,6 +10,8 @@ caller's signal handlers, environment and temp folder are left as they were.
 
 Data flow of one launch::
 
+    _signals.held(): stop signals noted from here on (before torch is imported),
+                     raised at the launch's safe points; the caller's handlers after
     _doors.launch(spec, fn, args) / launch_command(spec, argv)
       --Target(entrypoint, args; the workers' environment as data: in the job,
                or in the run folder's worker-env.json)--> _launch.run_launch
@@ -29,6 +31,7 @@ This face imports no torch: the doors are loaded on the first launch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LaunchTimeoutError",
     "WorkerFailedError",
+    "held_signals",
     "launch",
     "launch_command",
     "wait_teardown",
@@ -47,16 +51,30 @@ __all__ = [
 
 def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
     """Run ``fn(*args)`` in every worker of this node; return values by global rank."""
-    from icelaunch._engine import _doors
+    from icelaunch._engine import _signals
 
-    return _doors.launch(spec, fn, args)
+    with _signals.held() as signals:  # before torch's import, which a Ctrl-C can abort
+        from icelaunch._engine import _doors
+
+        return _doors.launch(spec, fn, args, signals)
 
 
 def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
     """Run the command ``argv`` in every worker of this node."""
-    from icelaunch._engine import _doors
+    from icelaunch._engine import _signals
 
-    _doors.launch_command(spec, argv)
+    with _signals.held() as signals:
+        from icelaunch._engine import _doors
+
+        _doors.launch_command(spec, argv, signals)
+
+
+def held_signals() -> AbstractContextManager[Any]:
+    """Stop signals noted while the block runs, then given to the caller's handlers:
+    for work that may import torch, whose import a Ctrl-C can abort (``_signals``)."""
+    from icelaunch._engine import _signals
+
+    return _signals.held()
 
 
 def warm_up() -> None:

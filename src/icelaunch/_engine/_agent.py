@@ -148,17 +148,28 @@ class Agent(LocalElasticAgent):
         self._stop_sent: set[int] | None = None
         self._told_up: set[int] = set()  # local ranks the monitor knows are up
 
+    def _rendezvous(self, worker_group: WorkerGroup) -> None:
+        """torch's rendezvous; a stop noted while the launch started is raised first,
+        and one that comes while this node waits for the others is answered at once."""
+        if self._signals is None:
+            super()._rendezvous(worker_group)
+            return
+        with self._signals.answering():
+            super()._rendezvous(worker_group)
+
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         self._listener.new_attempt(self.restarts_used_of(worker_group))
         self._died, self.exits, self.own_failures, self._values = {}, {}, {}, {}
         self._unlinked = False
         if self._watch is not None:
             self._watch.new_attempt()
+        check = None
         if self._signals is not None:
             self._signals.stopping = False  # a stop asked for while the last ones stopped
-            self._signals.raise_requested()  # (a restart) ends the launch: none is started
+            self._signals.raise_requested()  # (a restart), or while the launch started,
+            check = self._signals.raise_requested  # ends the launch: none is started
         if _torch_internals.start_method(self) == "forkserver":
-            _forkserver.wait_ready()  # answers Ctrl-C; the start below holds it back
+            _forkserver.wait_ready(check=check)  # the start below holds a stop back
         with (
             _torch_internals.terminate_handler_deferred() as noted,  # none started unknown
             _procs.semaphores_named_for_sweep(),
@@ -185,6 +196,7 @@ class Agent(LocalElasticAgent):
         if self._signals is not None:
             for sig in noted:
                 self._signals.deliver(sig)  # a stop raises SignalException here
+            self._signals.raise_requested()  # or one noted while the workers started
         return started
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
@@ -232,16 +244,24 @@ class Agent(LocalElasticAgent):
 
         The workers are then released and end on their own (destroying their
         process groups) while the launch returns: :meth:`finish` waits for them.
-        torch's ``_poll`` would wait for every process to exit first.
+        torch's ``_poll`` would wait for every process to exit first. A stop signal
+        meanwhile is raised after it: raised inside a queue's read or the release (a
+        multiprocessing Event), it would leave them half done.
         """
-        for local_rank, queue in queues.items():
-            if local_rank not in self._values and not queue.empty():
-                self._values[local_rank] = queue.get()
-                if self._monitor is not None:
-                    self._monitor.rank_returned(worker_group.workers[local_rank].global_rank)
-        if len(self._values) < len(self._workers):
+        held: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self._signals is not None:
+            held = self._signals.deferred()
+        with held:
+            for local_rank, queue in queues.items():
+                if local_rank not in self._values and not queue.empty():
+                    self._values[local_rank] = queue.get()
+                    if self._monitor is not None:
+                        self._monitor.rank_returned(worker_group.workers[local_rank].global_rank)
+            every = len(self._values) == len(self._workers)
+            if every:
+                _procs.release_workers(_torch_internals.process_context(self))
+        if not every:
             return RunResult(state=WorkerState.HEALTHY)
-        _procs.release_workers(_torch_internals.process_context(self))
         self.finishing = True
         by_rank = {worker_group.workers[r].global_rank: v for r, v in self._values.items()}
         return RunResult(state=WorkerState.SUCCEEDED, return_values=by_rank)

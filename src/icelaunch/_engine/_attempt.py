@@ -46,9 +46,14 @@ def run_attempt(
     run_dir: str,
     port: int,
     later: contextlib.ExitStack,
+    signals: _signals.LaunchSignals,
     monitor: _watching.Monitor | None = None,
 ) -> dict[int, Any]:
-    """One attempt at ``port``; on success what is left to close moves to ``later``."""
+    """One attempt at ``port``; on success what is left to close moves to ``later``.
+
+    It starts with the launch's ``signals`` held: a stop is raised at a safe point.
+    """
+    signals.hold()
     attempt = contextlib.ExitStack()
     with attempt:
         listener = DoneListener(_rundir.done_address(run_dir))
@@ -70,7 +75,9 @@ def run_attempt(
             _rendezvous.store_per_round(rdzv_params),
             _waiting.logged(rdzv_params),  # a static rendezvous says which nodes it waits for
         ):
-            values = _run_agent(spec, target, worker_spec, listener, run_dir, attempt, monitor)
+            values = _run_agent(
+                spec, target, worker_spec, listener, run_dir, attempt, signals, monitor
+            )
         later.enter_context(attempt.pop_all())
         return values
 
@@ -82,6 +89,7 @@ def _run_agent(
     listener: DoneListener,
     run_dir: str,
     attempt: contextlib.ExitStack,
+    signals: _signals.LaunchSignals,
     monitor: _watching.Monitor | None = None,
 ) -> dict[int, Any]:
     """Run torch's agent (with our :class:`Agent`); return the values by global rank.
@@ -90,7 +98,6 @@ def _run_agent(
     the run (the agent's :meth:`Agent.finish`, the relay, the rendezvous).
     """
     logs = _logs.RelayedLogs(spec.log_dir or os.path.join(run_dir, _rundir.LOGS_DIR))
-    signals = _signals.LaunchSignals(_signals.chosen_signals(os.environ))
     closed = functools.partial(signals.request, signal.SIGPIPE)  # `icelaunch ... | head`
     relay = _console.Relay(target.console, _logs.routes(spec, logs), on_closed=closed)
     watch = _report.watch_for(spec)
@@ -141,8 +148,6 @@ def _run_agent(
         stopped = _report.stopped_by_signal(exc.sigval, agent.stop_outcome)
         logger.warning("%s", stopped)  # said once, also where it ends the program uncaught
         raise stopped from None
-    finally:
-        signals.restore()  # the call ends here, even when its teardown goes on
 
 
 def _reimports_main(spec: LaunchSpec, target: Target) -> bool:

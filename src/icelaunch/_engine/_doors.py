@@ -7,7 +7,7 @@ variable is the exception: a command's job mark (``_stop.JobMark``) must be in
 each worker's environment from its exec on, where ``/proc/<pid>/environ`` of
 its children shows it, so the launch carries it in the launcher's environment
 while it runs (``Target.inherited``; put back afterwards). The launch itself is
-``_launch.run_launch``.
+``_launch.run_launch``, with the signals the engine's face holds from the start.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from typing import Any
 from icelaunch import _console, _hints, _placement, _rundir, _transfer, _worker
 from icelaunch._engine import _forkserver, _stop
 from icelaunch._engine._launch import Target, run_launch
+from icelaunch._engine._signals import LaunchSignals
 from icelaunch._spec import LaunchSpec, spec_to_json
 
 
-def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> dict[int, Any]:
+def launch(
+    spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...], signals: LaunchSignals
+) -> dict[int, Any]:
     """Run ``fn(*args)`` in every worker of this node; return values by global rank.
 
     Raises:
@@ -52,7 +55,7 @@ def launch(spec: LaunchSpec, fn: Callable[..., Any], args: tuple[Any, ...]) -> d
 
     _forkserver.warm_up(spec)  # the fork server imports torch while the rendezvous is set up
     try:
-        return run_launch(spec, target)
+        return run_launch(spec, target, signals)
     finally:
         for each in sent:
             each.close()
@@ -75,7 +78,7 @@ def _payload(name: str, job: _worker.Job) -> _transfer.Sent:
     return data
 
 
-def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
+def launch_command(spec: LaunchSpec, argv: list[str], signals: LaunchSignals) -> None:
     """Run the command ``argv`` (e.g. ``[sys.executable, "-u", "train.py"]``) in every worker.
 
     Workers find the spec in ``ICELAUNCH_SPEC`` (see :func:`icelaunch.current`),
@@ -104,7 +107,7 @@ def launch_command(spec: LaunchSpec, argv: list[str]) -> None:
         inherited = ((mark.name, mark.value),)
         return Target(name, wrapped[0], tuple(wrapped[1:]), False, mark, console, inherited)
 
-    run_launch(spec, target)
+    run_launch(spec, target, signals)
 
 
 def script_command(env_file: str, argv: list[str]) -> list[str]:

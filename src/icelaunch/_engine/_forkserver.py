@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import process, resource_tracker, util
 
 from icelaunch._spec import LaunchSpec
@@ -49,16 +49,19 @@ def warm_up(spec: LaunchSpec | None = None) -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def wait_ready(timeout: float = 300.0) -> None:
+def wait_ready(timeout: float = 300.0, check: Callable[[], None] | None = None) -> None:
     """Return once the fork server has imported its preload modules (or after ``timeout``).
 
-    Workers can only be forked after that; waiting here, in short steps that answer
-    Ctrl-C, keeps the start of the workers themselves short. The server ignores
-    SIGINT from the moment its preload is done: that is the sign read in /proc.
+    Workers can only be forked after that; waiting here, in short steps that call
+    ``check`` (which raises a stop the launch noted), keeps the start of the workers
+    themselves short. The server ignores SIGINT from the moment its preload is done:
+    that is the sign read in /proc.
     """
     pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
     deadline = time.monotonic() + timeout
     while pid is not None and time.monotonic() < deadline:
+        if check is not None:
+            check()
         try:
             with open(f"/proc/{pid}/status") as fh:
                 ignored = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn"))

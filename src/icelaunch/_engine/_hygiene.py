@@ -1,4 +1,5 @@
-"""Leave the launching process as it was: signal handlers, environment, temp folder, logs."""
+"""Leave the launching process as it was: environment, temp folder, logs (its signal
+handlers: ``_signals``)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,10 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 
 from icelaunch import _rundir
-
-
-@contextlib.contextmanager
-def restored_process_state() -> Iterator[None]:
-    """Put back the caller's signal handlers, whatever happens (torch's agent installs
-    its own when it starts workers; ``_signals`` puts ours in their place)."""
-    handlers = {}
-    chosen = os.environ.get(_rundir.SIGNALS_ENV, "")  # torchrun's --signals-to-handle
-    names = (
-        *_rundir.STOP_SIGNALS,
-        *_rundir.OTHER_STOP_SIGNALS,
-        *_rundir.FORWARDED_SIGNALS,
-        *(n.strip() for n in chosen.split(",") if n.strip()),
-    )
-    for name in names:
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            with contextlib.suppress(ValueError, OSError):
-                handlers[sig] = signal.getsignal(sig)
-    try:
-        yield
-    finally:
-        for sig, handler in handlers.items():
-            with contextlib.suppress(ValueError, TypeError, OSError):  # not the main thread
-                if handler is not None:
-                    signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
 """The frame of one launch: its job folder, the caller's process state, port retries.
 
 ``run_launch`` runs a :class:`Target` (what the workers run, from one of the
-doors in ``_doors``): it creates the job folder, keeps the caller's signal
-handlers and environment, retries a port taken meanwhile (or gloo's
-intermittent connection failure), runs one attempt (``_attempt``) per run
-folder, and after a success defers the teardown (``_teardown``).
+doors in ``_doors``) with the launch's signals (``_signals``, held since the
+launch began): it creates the job folder, keeps the caller's environment,
+retries a port taken meanwhile (or gloo's intermittent connection failure),
+runs one attempt (``_attempt``) per run folder, and after a success defers the
+teardown (``_teardown``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icelaunch import _watching
-from icelaunch._engine import _hygiene, _ports, _setup, _stop, _teardown
+from icelaunch._engine import _hygiene, _ports, _setup, _signals, _stop, _teardown
 from icelaunch._engine._attempt import run_attempt
 from icelaunch._engine._failures import WorkerFailedError
 from icelaunch._engine._watched import watched
@@ -46,7 +47,9 @@ class Target:
     inherited: tuple[tuple[str, str], ...] = ()
 
 
-def run_launch(spec: LaunchSpec, target: Callable[[str], Target]) -> dict[int, Any]:
+def run_launch(
+    spec: LaunchSpec, target: Callable[[str], Target], signals: _signals.LaunchSignals
+) -> dict[int, Any]:
     """Run the launch; after a success its teardown (``later``) finishes in the
     background (see ``_teardown``), after anything else before this returns."""
     _setup.make_log_dir(spec.log_dir)
@@ -58,15 +61,15 @@ def run_launch(spec: LaunchSpec, target: Callable[[str], Target]) -> dict[int, A
             job_dir = later.enter_context(_hygiene.job_directory())
             with (
                 watched(spec, job_dir) as monitor,
-                _hygiene.restored_process_state(),
                 _hygiene.no_torch_temp_files(),
                 _hygiene.torch_logs_without_tracebacks(),
             ):
-                values = _launch_with_port_retry(spec, target, job_dir, later, monitor)
+                values = _launch_with_port_retry(spec, target, job_dir, later, signals, monitor)
             if _private_rendezvous(spec):
                 _teardown.defer(later.pop_all(), name=spec.role)
             return values
     except LaunchStopped as stop:
+        signals.restore()
         _redeliver(signal.Signals(stop.signal))  # the caller's own handlers are back now
         raise
 
@@ -101,6 +104,7 @@ def _launch_with_port_retry(
     target: Callable[[str], Target],
     job_dir: str,
     later: contextlib.ExitStack,
+    signals: _signals.LaunchSignals,
     monitor: _watching.Monitor,
 ) -> dict[int, Any]:
     fixed = spec.master_port if spec.master_port is not None else _ports.agreed_port(spec)
@@ -114,7 +118,7 @@ def _launch_with_port_retry(
         monitor.recorder.target = this.name
         try:
             with _hygiene.carried(this.inherited), _port_errors(port):
-                return run_attempt(spec, this, run_dir, port, later, monitor)
+                return run_attempt(spec, this, run_dir, port, later, signals, monitor)
         except PortBusyError:
             if not chosen:
                 raise

@@ -1,4 +1,14 @@
-"""The launcher's signals while a launch runs: stops with a grace, forwards, a second Ctrl-C.
+"""The launcher's signals while a launch runs: held while it starts, then stops with a
+grace, forwards, a second Ctrl-C.
+
+From the launch's first step, before the engine imports torch, :func:`held` notes
+every stop signal instead of letting the caller's handler raise at whatever bytecode
+runs: that may be Python code torch's C++ runs (its import: ``torch._C._autograd_init``
+imports modules), where a ``KeyboardInterrupt`` escapes as a C++ exception and ends
+the process with SIGABRT, or numpy's import inside torch's, which swallows it. A stop
+noted is raised as ``SignalException`` at the launch's next safe point: before the
+rendezvous, in the wait for the fork server, when the workers start. A rendezvous
+that waits for other nodes answers a stop at once (:meth:`LaunchSignals.answering`).
 
 torch's agent installs its own handler (which raises ``SignalException``) when it
 starts the workers; :meth:`LaunchSignals.install` puts ours in its place right
@@ -18,7 +28,9 @@ A stop can also come from a thread (the console's output was closed):
 :meth:`LaunchSignals.request` notes it and wakes the agent, which raises it.
 
 Handlers exist only in the main thread: a launch from another thread leaves
-the process's handlers alone (its workers still end with the launcher).
+the process's handlers alone (its workers still end with the launcher). This
+module imports no torch (the engine's face holds the signals before torch is
+imported); ``SignalException`` is only raised once the launch runs torch's agent.
 """
 
 from __future__ import annotations
@@ -28,11 +40,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
-
-from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from icelaunch import _rundir
 
@@ -82,9 +92,14 @@ class LaunchSignals:
         #: a stop is under way: further stop signals only cut its grace short
         self.stopping = False
         self._raised = False
+        self._holding = False  # a stop signal is only noted (see hold)
+        self._answering = False  # ... except in a wait for other nodes (see answering)
+        self._deferring = False  # a stop signal is raised after a block (see deferred)
+        self._noted_held = False  # a stop signal came while held
+        self._restored = False
         self._count = 0
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a second signal may come while a handler holds it
         self._forward: Forward | None = None
         self._main = threading.current_thread() is threading.main_thread()
         self._saved = self._callers_handlers(chosen) if self._main else {}
@@ -118,16 +133,53 @@ class LaunchSignals:
                 forwards.add(sig)
         return frozenset(stops), frozenset(forwards)
 
-    def handles(self, sig: int) -> bool:
-        """Whether this launch handles ``sig`` (a stop or a forward)."""
-        return sig in self._stops or sig in self._forwards
-
     # -- installing --------------------------------------------------------------------
+
+    def _in_main_thread(self) -> bool:
+        return self._main and threading.current_thread() is threading.main_thread()
+
+    def hold(self) -> None:
+        """Until :meth:`install`: a stop signal is noted, and raised at the launch's next
+        safe point (:meth:`raise_requested`); the other signals are the caller's."""
+        self._holding = True
+        self.stopping = False
+        self._forward = None
+        if not self._in_main_thread():
+            return
+        for sig, handler in self._saved.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if sig in self._stops:
+                    signal.signal(sig, self._on_stop)
+                elif handler is not None:
+                    signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """While held: a stop signal inside the block raises at once (a rendezvous that
+        waits for other nodes, in Python steps); one noted before it raises here."""
+        self._answering = True
+        try:
+            self.raise_requested()
+            yield
+        finally:
+            self._answering = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stop signal inside the block is noted, and raised after it: the block must
+        not be cut in two (e.g. a multiprocessing Event half set)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.raise_requested()
 
     def install(self, forward: Forward) -> None:
         """Put our handlers in place (after torch's agent installed its own)."""
         self._forward = forward
-        if not self._main or threading.current_thread() is not threading.main_thread():
+        self._holding = False
+        if not self._in_main_thread():
             return
         for sig, handler in self._saved.items():
             with contextlib.suppress(ValueError, OSError):
@@ -146,24 +198,41 @@ class LaunchSignals:
             self._on_forward(sig, None)
 
     def restore(self) -> None:
-        """Put the caller's handlers back and close the wake-up pipe."""
+        """Put the caller's handlers back and close the wake-up pipe (once)."""
         self._forward = None  # no cycle through the agent: it is freed as soon as unused
-        if self._main and threading.current_thread() is threading.main_thread():
+        self._holding = False
+        if self._restored:
+            return
+        self._restored = True
+        if self._in_main_thread():
             for sig, handler in self._saved.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     if handler is not None:
                         signal.signal(sig, handler)
-        for fd in (self._read, self._write):
+        with self._lock:  # a late request() must not write to a reused descriptor
+            fds, self._read, self._write = (self._read, self._write), -1, -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def unanswered(self) -> signal.Signals | None:
+        """A stop signal that was noted but never raised (the launch ended first)."""
+        if self._noted_held and not self._raised and self._in_main_thread():
+            return self.requested
+        return None
 
     # -- what arrives ------------------------------------------------------------------
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         sig = self._note(signum)
+        if self._holding and not self._answering:
+            self._noted_held = True
+            return  # raised at the launch's next safe point
+        if self._deferring:
+            return  # raised after the block
         if not self.stopping and not self._raised:
             self._raised = True
-            raise SignalException(f"Process {os.getpid()} got signal: {sig}", sigval=sig)
+            raise _signal_exception(f"Process {os.getpid()} got signal: {sig}", sig)
 
     def _on_forward(self, signum: int, frame: FrameType | None) -> None:
         if self._forward is not None:
@@ -180,8 +249,8 @@ class LaunchSignals:
             self.last = sig
             if self.requested is None:
                 self.requested = sig
-        with contextlib.suppress(OSError):
-            os.write(self._write, b"s")
+            with contextlib.suppress(OSError):
+                os.write(self._write, b"s")
         return sig
 
     def raise_requested(self) -> None:
@@ -189,7 +258,7 @@ class LaunchSignals:
         if self.requested is not None and not self.stopping and not self._raised:
             self._raised = True
             sig = self.requested
-            raise SignalException(f"Process {os.getpid()} was asked to stop ({sig.name})", sig)
+            raise _signal_exception(f"Process {os.getpid()} was asked to stop ({sig.name})", sig)
 
     def fileno(self) -> int:
         """Readable when a stop signal arrived since the last :meth:`drain`."""
@@ -200,3 +269,29 @@ class LaunchSignals:
         with contextlib.suppress(OSError):
             while os.read(self._read, 4096):
                 pass
+
+
+def _signal_exception(message: str, sig: signal.Signals) -> BaseException:
+    """torch's ``SignalException``, which its agent answers by stopping the workers
+    (torch is imported by the time a stop is raised: see :meth:`LaunchSignals.hold`)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    return SignalException(message, sigval=sig)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[LaunchSignals]:
+    """One launch's signals, held from its first step (:meth:`LaunchSignals.hold`).
+
+    At its end the caller's handlers are back; a stop signal that was noted but never
+    raised (the launch ended otherwise first) goes to the caller's handler then.
+    """
+    signals = LaunchSignals(chosen_signals(os.environ))
+    signals.hold()
+    try:
+        yield signals
+    finally:
+        signals.restore()
+        sig = signals.unanswered()
+        if sig is not None:
+            signal.raise_signal(sig)

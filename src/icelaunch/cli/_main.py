@@ -45,9 +45,12 @@ def _main(argv: list[str]) -> int:
         from icelaunch.cli._top import top_command
 
         return top_command(argv[1:])
+    from icelaunch import _engine  # imports no torch
+
     parser = build_parser()
     try:
-        invocation = parse(parser, argv)
+        with _engine.held_signals():  # parsing imports torch for 'auto' devices
+            invocation = parse(parser, argv)
     except SystemExit as exc:  # argparse: --help, --version or a usage error, already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except (ValueError, TypeError) as exc:
