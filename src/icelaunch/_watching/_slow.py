@@ -48,6 +48,11 @@ class Finding:
     #: places seen, for the most frequent one
     _places: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
     _waits: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
+    #: where the named rank, and its peers, were busy in every sample of the episode
+    _mine: Counter[str | None] = field(default_factory=Counter)
+    _theirs: Counter[str | None] = field(default_factory=Counter)
+    _samples: int = 0
+    _peer_samples: int = 0
 
     def message(self) -> str:
         """One line, as logged."""
@@ -70,6 +75,8 @@ class _Alone:
     rank: int | None  # the one busy rank while all others waited, if any
     busy: Where | None
     waiting: tuple[Where, ...]
+    working: tuple[tuple[int, Where], ...] = ()  # every busy rank of the sample
+    ranks: int = 0  # ranks seen in the sample
 
 
 class Detector:
@@ -125,14 +132,14 @@ class Detector:
         if current is None:
             current = Finding("slow_rank", named, sample.attempt, self._first(named), sample.t)
             for e in self._seen:
-                if e.rank == named:
-                    _count(current, e)
+                _count(current, e)
             self._open = current
             self.findings.append(current)
             opened.append(current)
-        elif entry.rank == named:
+        else:
             _count(current, entry)
-            current.waited_s += step
+            if entry.rank == named:
+                current.waited_s += step
         if entry.rank == named:
             current.to_t = sample.t
         _settle(current)
@@ -176,25 +183,37 @@ def _classify(sample: Sample) -> _Alone | None:
         return None
     busy = [look for look in live if look.where is not None and not look.where.waiting]
     waiting = tuple(look.where for look in live if look.where is not None and look.where.waiting)
+    working = tuple((look.rank, look.where) for look in busy if look.where is not None)
     if len(busy) == 1 and len(waiting) == len(live) - 1:
-        return _Alone(sample.t, busy[0].rank, busy[0].where, waiting)
-    return _Alone(sample.t, None, None, ())
+        return _Alone(sample.t, busy[0].rank, busy[0].where, waiting, working, len(live))
+    return _Alone(sample.t, None, None, (), working, len(live))
 
 
 def _count(finding: Finding, entry: _Alone) -> None:
-    if entry.busy is not None:
-        finding._places[(entry.busy.function, entry.busy.place)] += 1
-    for w in entry.waiting:
-        finding._waits[(w.call, w.place)] += 1
+    """Take one sample of the episode into the finding's tallies."""
+    if entry.rank == finding.rank:
+        for w in entry.waiting:
+            finding._waits[(w.call, w.place)] += 1
+    finding._samples += 1
+    finding._peer_samples += max(entry.ranks - 1, 1)
+    for rank, place in entry.working:
+        if rank == finding.rank:
+            finding._mine[place.function] += 1
+            finding._places[(place.function, place.place)] += 1
+        else:
+            finding._theirs[place.function] += 1
 
 
 def _settle(finding: Finding) -> None:
-    """The places seen most often (a function's most frequent line)."""
-    if finding._places:
-        functions = Counter[str | None]()
-        for (function, _), n in finding._places.items():
-            functions[function] += n
-        function = functions.most_common(1)[0][0]
+    """The function in which the named rank spends more of its time than its peers do
+    (the largest excess share: the extra work, not where the lateness shows), and its
+    most frequent line."""
+    if finding._mine:
+        mine, theirs = finding._samples, finding._peer_samples
+        function = max(
+            finding._mine,
+            key=lambda f: (finding._mine[f] / mine - finding._theirs[f] / theirs, f or ""),
+        )
         lines = Counter({p: n for (f, p), n in finding._places.items() if f == function})
         finding.function, finding.where = function, lines.most_common(1)[0][0]
     if finding._waits:
