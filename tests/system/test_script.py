@@ -84,6 +84,81 @@ def test_sys_exit_status_is_kept(tmp_path: Path):
     assert wrapped(sys.executable, "-u", str(path), cwd=tmp_path).returncode == 5
 
 
+ENDS = """
+import atexit, sys, threading, time
+log = open("log.txt", "w")
+log.write("written")  # never closed: Python flushes it as the program ends
+atexit.register(lambda: print("ATEXIT", flush=True))
+threading.Thread(target=lambda: (time.sleep(0.2), print("THREAD", flush=True))).start()
+sys.exit("bye")
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S)
+def test_a_script_ends_as_under_python(tmp_path: Path):
+    """Threads joined, atexit callbacks run, an open file flushed, sys.exit's message
+    and status: as ``python script.py`` ends, though the interpreter is not torn down."""
+    path = write(tmp_path, "ends.py", ENDS)
+    plain = subprocess.run(
+        [sys.executable, "-u", str(path)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    plain_log = (tmp_path / "log.txt").read_text()
+    (tmp_path / "log.txt").unlink()
+    result = wrapped(sys.executable, "-u", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "THREAD\nATEXIT\n", "bye\n")
+    assert (plain.returncode, plain.stdout, plain.stderr) == (1, "THREAD\nATEXIT\n", "bye\n")
+    assert (tmp_path / "log.txt").read_text() == plain_log == "written"
+
+
+BUSY_AT_THE_END = """
+import sys
+import threading
+
+import torch
+import torch.distributed as dist
+
+import icelaunch
+
+rank = icelaunch.init_process_group().rank
+group = dist.group.WORLD  # kept past destroy_process_group, as DistributedDataParallel keeps it
+teardown = threading.Lock()
+teardown.acquire()
+
+
+class Marker:
+    def __del__(self):  # the interpreter's teardown empties sys.modules
+        teardown.release()
+
+
+def late(_):  # in gloo's worker thread, which then asks for the GIL in the teardown
+    teardown.acquire(timeout=60)
+
+
+sys.modules["_teardown_marker"] = Marker()
+if rank == 0:
+    dist.all_reduce(torch.ones(1), async_op=True).get_future().then(late)
+    dist.send(torch.ones(1), dst=1)  # rank 1 joins the all_reduce only now
+else:
+    dist.recv(torch.ones(1), src=0)
+    dist.all_reduce(torch.ones(1))
+dist.destroy_process_group()
+print("END", flush=True)
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S * 3)
+def test_a_torch_thread_busy_at_the_end_does_not_abort_the_rank(tmp_path: Path):
+    """In Python's teardown a thread that asks for the GIL is ended, and one of torch's
+    aborts the process ("terminate called without an active exception"): a gloo
+    thread releasing a finished all_reduce's tensor did so to about 1 DDP launch in
+    6, after training (under torchrun too). Here gloo's thread runs a callback."""
+    path = write(tmp_path, "busy_at_the_end.py", BUSY_AT_THE_END)
+    result = launch(icelaunch("--devices", "cpu:0-1", str(path)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("END") == 2 and "terminate called" not in result.stderr
+
+
 @pytest.mark.timeout(RUN_TIMEOUT_S)
 def test_the_command_runs_scripts_with_no_extra_process(tmp_path: Path):
     path = write(tmp_path, "show.py", SHOW)

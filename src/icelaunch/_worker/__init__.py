@@ -19,6 +19,8 @@ Data flow::
       kept for current()); _placement.place and _bootstrap.bootstrap_common as above
       COMMAND run in this process (runpy) or exec'd; the script calls
       icelaunch.init_process_group() itself; its exit status is the result
+      _exit.exit_now: threads joined, atexit callbacks, garbage collected, then
+                      os._exit (no interpreter teardown, where torch's threads abort)
 
 ``_user_group`` fixes torch's ``env://`` for functions that make their own group.
 """

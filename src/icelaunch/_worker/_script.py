@@ -5,7 +5,8 @@ and then the original command in this same process, so the worker's pid is the
 one torch started: ``python -u script.py args`` and ``python -u -m mod args``
 run in-process as Python would run them (``sys.argv``, ``sys.path[0]``,
 ``__main__``, ``__file__``); any other command (``--no-python``, another
-interpreter) replaces this process with ``os.execvp``.
+interpreter) replaces this process with ``os.execvp``. A script ends with its
+exit status as under Python, without the interpreter's teardown (``_exit``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from icelaunch import _placement, _rundir
 from icelaunch._worker._bootstrap import bootstrap_common, die_with_parent
 from icelaunch._worker._context import set_identity
+from icelaunch._worker._exit import exit_now, exit_status
 
 _OWN_FILE = os.path.abspath(__file__)
 _UNBUFFERED = "-u"
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:  # a directory or zip with __main__.py: run_path puts it first itself
             del sys.path[0]
         run = lambda: runpy.run_path(how.target, run_name="__main__")  # noqa: E731
-    _run_without_our_frames(run)
+    exit_now(_run_without_our_frames(run))
 
 
 def _take_environment(path: str) -> None:
@@ -127,28 +129,29 @@ def _is_zip(path: str) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def _run_without_our_frames(run: Callable[[], object]) -> None:
-    """Run; an uncaught exception is reported as Python would, without our frames.
+def _run_without_our_frames(run: Callable[[], object]) -> int:
+    """Run; the exit status. An uncaught exception is reported as Python would,
+    without our frames.
 
     A script that ends successfully with torch.distributed's default group still
     up (Lightning Fabric, Accelerate and many torchrun scripts leave it) has it
-    destroyed here, while Python still runs: left to the interpreter's teardown,
-    gloo's threads can abort the process ("terminate called without an active
-    exception") once a peer has exited.
+    destroyed here, before the atexit callbacks, as torch asks programs to do.
     """
     try:
         run()
     except SystemExit as exc:
-        if exc.code in (0, None):
-            _release_process_group()
-        raise
+        status = exit_status(exc)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
         tb = _user_frames(exc.__traceback__)
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        sys.exit(1)
-    _release_process_group()
+        return 1
+    else:
+        status = 0
+    if status == 0:
+        _release_process_group()
+    return status
 
 
 def _release_process_group() -> None:
