@@ -8,7 +8,7 @@ not throw, such a thread aborts the process ("terminate called without an
 active exception", SIGABRT) after the script's last line. Destroying the
 process group does not stop those threads while anything still holds the
 group (DistributedDataParallel does); workers under torchrun meet the same
-race (torch issue 190489).
+race.
 
 :func:`exit_now` does what Python does before its teardown (non-daemon threads
 joined, atexit callbacks run, streams flushed), collects the script's garbage
