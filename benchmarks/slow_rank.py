@@ -19,7 +19,7 @@ Prints markdown tables with ratios; ``--json PATH`` writes every sample.
 
     python benchmarks/slow_rank.py [--only detect|quiet|overhead] [--repeats 3]
         [--sizes 4,8] [--units 4:60,8:30] [--quiet-seconds 300] [--pairs 5]
-        [--pair-seconds 40] [--json PATH]
+        [--pair-seconds 40] [--json PATH] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +46,7 @@ JOB = os.path.join(HERE, "slow_rank_job.py")
 FLAG_LINE = "is slowing the job"
 LIMIT_S = 60.0  # the requirement: flagged within a minute of the workers' start
 MAX_OVERHEAD = 0.01  # sampling may slow the loop by 1 % at most
+SAMPLE_S = 0.5  # the ranks look at themselves this often while detection is on
 
 
 def launch(
@@ -54,8 +56,10 @@ def launch(
     slow: int = -1,
     sampling: bool = True,
     stop_on_flag: bool = False,
+    keep: str | None = None,
 ) -> dict[str, Any]:
-    """One ``icelaunch`` run of the job on ``n`` CPU ranks; what its report and output say."""
+    """One ``icelaunch`` run of the job on ``n`` CPU ranks; what its report and output say
+    (``keep``: a folder to copy the run report to)."""
     with tempfile.TemporaryDirectory(prefix="slowbench-") as tmp:
         report_path, stop_file = os.path.join(tmp, "run.json"), os.path.join(tmp, "stop")
         command = [sys.executable, "-m", "icelaunch", "--devices", f"cpu:0-{n - 1}"]
@@ -68,6 +72,11 @@ def launch(
         wall = time.perf_counter() - began
         with open(report_path) as fh:
             report = json.load(fh)
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            label = f"{n}ranks-slow{slow}-{'on' if sampling else 'off'}"
+            kept = os.path.join(keep, f"{time.strftime('%H%M%S')}-{label}.json")
+            shutil.copyfile(report_path, kept)
     result = read_report(report, slow)
     steps = [m for line in lines if (m := re.search(r"mean step ([\d.]+) ms, CPU ([\d.]+)", line))]
     if code != 0 and not steps:
@@ -82,6 +91,7 @@ def launch(
         exit_status=code,  # not 0: a rank failed after training (at its exit)
         wall_s=round(wall, 1),
         load=[round(load_before, 1), round(os.getloadavg()[0], 1)],
+        report=kept if keep else None,
     )
     return result
 
@@ -233,12 +243,14 @@ def stat(values: list[float], digits: int = 1) -> str:
     return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
-def detect(sizes: list[int], units: dict[int, float], repeats: int, limit: float) -> list[Any]:
+def detect(
+    sizes: list[int], units: dict[int, float], repeats: int, limit: float, keep: str | None
+) -> list[Any]:
     """Each repeat: every size once, the slow rank the last but one (a rank of no note)."""
     runs = []
     for r in range(repeats):
         for n in sizes:
-            run = launch(n, units[n], limit, slow=n - 2, stop_on_flag=True)
+            run = launch(n, units[n], limit, slow=n - 2, stop_on_flag=True, keep=keep)
             runs.append(run)
             _note(f"detect {r + 1}/{repeats} x{n}", run)
     return runs
@@ -269,11 +281,11 @@ def detect_table(runs: list[dict[str, Any]], sizes: list[int]) -> str:
     return "\n".join(rows)
 
 
-def quiet(seconds: float, units: float, hog: int) -> list[dict[str, Any]]:
+def quiet(seconds: float, units: float, hog: int, keep: str | None) -> list[dict[str, Any]]:
     runs = []
     for busy in (0, hog):
         with Hog(busy):
-            run = launch(4, units, seconds)
+            run = launch(4, units, seconds, keep=keep)
         run["hog"] = busy
         runs.append(run)
         _note(f"quiet, {busy} hogs", run)
@@ -303,11 +315,11 @@ def quiet_table(runs: list[dict[str, Any]], seconds: float) -> str:
     return "\n".join(rows)
 
 
-def overhead(pairs: int, seconds: float, units: float) -> list[dict[str, Any]]:
+def overhead(pairs: int, seconds: float, units: float, keep: str | None) -> list[dict[str, Any]]:
     runs = []
     for p in range(pairs):
-        for sampling in (False, True):
-            run = launch(4, units, seconds, sampling=sampling)
+        for sampling in (False, True) if p % 2 == 0 else (True, False):  # ABBA: drift cancels
+            run = launch(4, units, seconds, sampling=sampling, keep=keep)
             run["pair"] = p
             runs.append(run)
             _note(f"overhead {p + 1}/{pairs} sampling={'on' if sampling else 'off'}", run)
@@ -322,8 +334,8 @@ def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
     ]
     notes = []
     for key, what in (("mean_step_ms", "step ms"), ("cpu_ms", "CPU ms a step, per rank")):
-        off = [r[key] for r in runs if not r["sampling"]]
-        on = [r[key] for r in runs if r["sampling"]]
+        off = [r[key] for r in sorted(runs, key=_pair) if not r["sampling"]]
+        on = [r[key] for r in sorted(runs, key=_pair) if r["sampling"]]
         ratios = [b / a for a, b in zip(off, on, strict=True)]
         mean = statistics.mean(ratios)
         noise = 2 * statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else 0
@@ -336,7 +348,55 @@ def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
         ]
         if key == "mean_step_ms":
             notes.append(verdict(mean - 1, noise))
+    cost = direct_costs()
+    per_s = 1 / SAMPLE_S
+    notes.append(
+        f"\n\nDirect CPU cost of sampling, measured alone: a rank's look at its own main "
+        f"thread {cost['rank_ms']:.3f} ms ({cost['rank_ms'] * per_s / 10:.3f} % of a core at "
+        f"{per_s:g} looks a second); the launcher reading and judging 4 ranks' looks "
+        f"{cost['launcher_extra_ms']:.3f} ms more a sample than reading their /proc alone "
+        f"({cost['launcher_without_ms']:.3f} ms): {cost['launcher_extra_ms'] * per_s / 10:.3f} % "
+        "of a core."
+    )
     return "\n".join(rows) + "\n\n" + " ".join(notes)
+
+
+def _pair(run: dict[str, Any]) -> int:
+    return int(run["pair"])
+
+
+def direct_costs(ranks: int = 4, count: int = 2000) -> dict[str, float]:
+    """CPU ms of one sample, without noise: a rank's look at its own main thread, and
+    what the launcher does more for ``ranks`` ranks when it reads and judges their looks."""
+    from icelaunch import _rundir
+    from icelaunch._diagnosis import _sampling
+    from icelaunch._watching import Detector, Member, Sampler
+
+    main = threading.main_thread()
+    assert main.native_id is not None and main.ident is not None
+    tid, ident = main.native_id, main.ident
+    with tempfile.TemporaryDirectory(prefix="slowbench-") as run_dir:
+        paths = [_rundir.sample_path(run_dir, 0, r) for r in range(ranks)]
+        own = _deep(20, lambda: _cpu_ms(lambda: _sampling._write(paths[0], tid, ident), count))
+        for path in paths[1:]:
+            shutil.copyfile(paths[0], path)
+        members = {r: Member(r, os.getpid()) for r in range(ranks)}
+        sampler, detector = Sampler(interval_s=1e6), Detector(30.0)  # the files never age
+        looks = _cpu_ms(lambda: detector.add(sampler.sample(run_dir, 0, members)), count)
+        procs = _cpu_ms(lambda: sampler.sample(run_dir, 0, members, None), count)
+    return {"rank_ms": own, "launcher_extra_ms": looks - procs, "launcher_without_ms": procs}
+
+
+def _cpu_ms(work: Any, count: int) -> float:
+    began = time.thread_time()
+    for _ in range(count):
+        work()
+    return (time.thread_time() - began) / count * 1000
+
+
+def _deep(depth: int, work: Any) -> Any:
+    """``work()`` from ``depth`` frames down (a training loop's stack is as deep)."""
+    return work() if depth == 0 else _deep(depth - 1, work)
 
 
 def verdict(slower: float, noise: float) -> str:
@@ -384,23 +444,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--pair-seconds", type=float, default=40.0)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--keep", metavar="DIR", help="keep every run report in DIR")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     units = parse_units(args.units, sorted({*sizes, 4}))
     began = time.time()
     result: dict[str, Any] = {"units": units, "started_at": began}
     tables = []
+
+    def save() -> None:  # after each part: what was measured survives a failure later
+        if args.json_path:
+            with open(args.json_path, "w") as fh:
+                json.dump(result, fh, indent=1)
+
     if args.only in (None, "detect"):
-        result["detect"] = detect(sizes, units, args.repeats, args.detect_limit)
+        result["detect"] = detect(sizes, units, args.repeats, args.detect_limit, args.keep)
         tables.append(
             f"Detection: one rank 30 % slower in `load_batch`, {args.repeats} launches each\n\n"
             + detect_table(result["detect"], sizes)
         )
+        save()
     if args.only in (None, "quiet"):
-        result["quiet"] = quiet(args.quiet_seconds, units[4], args.hog)
+        result["quiet"] = quiet(args.quiet_seconds, units[4], args.hog, args.keep)
         tables.append("No false flag\n\n" + quiet_table(result["quiet"], args.quiet_seconds))
+        save()
     if args.only in (None, "overhead"):
-        result["overhead"] = overhead(args.pairs, args.pair_seconds, units[4])
+        result["overhead"] = overhead(args.pairs, args.pair_seconds, units[4], args.keep)
         tables.append(
             "Sampling overhead, interleaved off/on\n\n"
             + overhead_table(result["overhead"], args.pair_seconds)
@@ -413,9 +482,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print("\n\n".join(tables))
     print(f"\n(slow rank: {time.time() - began:.0f} s; medians with min-max; load: 1-min average)")
-    if args.json_path:
-        with open(args.json_path, "w") as fh:
-            json.dump(result, fh, indent=1)
+    save()
     return result
 
 
