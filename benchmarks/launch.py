@@ -7,10 +7,12 @@ writes every sample.
 
     python benchmarks/launch.py [--repeats 3] [--sizes 1,4,8] [--json out.json]
                                 [--peers icelaunch,torchrun] [--scaling 0]
-                                [--no-interactive] [--no-console]
+                                [--no-interactive] [--no-console] [--no-slow-rank]
 
 Then, unless told not to, ``interactive.py`` (warm relaunch, large data, cold
-start) and ``console.py`` (worker output through a terminal, against ``cat``).
+start), ``console.py`` (worker output through a terminal, against ``cat``) and
+``slow_rank.py`` (slow-rank detection: time to flag, no false flag, sampling's
+cost; about 30 minutes).
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--peers", default=",".join(PEERS), help="which to time")
     parser.add_argument("--no-interactive", dest="interactive", action="store_false")
     parser.add_argument("--no-console", dest="console", action="store_false")
+    parser.add_argument("--no-slow-rank", dest="slow_rank", action="store_false")
     args = parser.parse_args(argv)
     PEERS[:] = [p for p in PEERS if p in args.peers.split(",")]
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -189,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import console
 
         console.main(["--repeats", str(args.repeats)])
+    if args.slow_rank:  # slow-rank detection: time to flag, no false flag, sampling's cost
+        sys.path.insert(0, HERE)
+        import slow_rank
+
+        slow_rank.main(["--repeats", str(args.repeats)])
     return result
 
 

@@ -4,7 +4,9 @@ Every rank loads a batch (``load_batch``: CPU work in torch), runs an MLP forwar
 and backward under DistributedDataParallel (gloo all-reduce of the gradients)
 and steps its optimiser. ``--slow-rank R --extra 0.3`` makes rank R do 30 % more
 work in ``load_batch``. Runs ``--seconds`` or until the file ``--stop-file``
-appears; rank 0 prints the mean step time at the end.
+appears; rank 0 prints the mean step time at the end, and the CPU time per step
+(this process's, every thread's: the work and anything beside it) averaged over
+the ranks.
 
     icelaunch --devices cpu:0-3 benchmarks/slow_rank_job.py --slow-rank 2 --extra 0.3
 """
@@ -35,8 +37,10 @@ def load_batch(generator: torch.Generator, units: float, size: int = 320) -> tor
     return x[:64, :128]
 
 
-def train(seconds: float, stop_file: str, slow_rank: int, extra: float, units: float) -> float:
-    """Train until ``seconds`` pass or ``stop_file`` exists; the mean step time."""
+def train(
+    seconds: float, stop_file: str, slow_rank: int, extra: float, units: float
+) -> tuple[float, float]:
+    """Train until ``seconds`` pass or ``stop_file`` exists; the mean step time and CPU time."""
     ctx = icelaunch.current()
     rank = ctx.rank
     torch.manual_seed(0)
@@ -47,7 +51,7 @@ def train(seconds: float, stop_file: str, slow_rank: int, extra: float, units: f
     gen = torch.Generator().manual_seed(rank)
     mine = units * (1 + extra) if rank == slow_rank else units
     flag = torch.zeros(1)
-    steps, began = 0, time.monotonic()
+    steps, began, cpu = 0, time.monotonic(), time.process_time()
     while True:
         batch = load_batch(gen, mine)
         loss = model(batch).square().mean()
@@ -60,7 +64,7 @@ def train(seconds: float, stop_file: str, slow_rank: int, extra: float, units: f
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item():
                 break
-    return (time.monotonic() - began) / steps
+    return (time.monotonic() - began) / steps, (time.process_time() - cpu) / steps
 
 
 def main() -> None:
@@ -72,9 +76,12 @@ def main() -> None:
     parser.add_argument("--units", type=float, default=60.0)
     args = parser.parse_args()
     icelaunch.init_process_group()
-    step = train(args.seconds, args.stop_file, args.slow_rank, args.extra, args.units)
+    step, cpu = train(args.seconds, args.stop_file, args.slow_rank, args.extra, args.units)
+    mean_cpu = torch.tensor([cpu])
+    dist.all_reduce(mean_cpu)
     if icelaunch.current().rank == 0:
-        print(f"mean step {step * 1000:.1f} ms", flush=True)
+        per_rank = mean_cpu.item() / dist.get_world_size()
+        print(f"mean step {step * 1000:.1f} ms, CPU {per_rank * 1000:.1f} ms a step", flush=True)
     dist.destroy_process_group()
 
 
