@@ -31,20 +31,32 @@ def stacks_command(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    if os.path.isfile("stacks"):
-        print(
-            "icelaunch: note: showing stacks; to run the script ./stacks, write "
-            "`icelaunch ./stacks`",
-            file=sys.stderr,
-        )
-    launches = find_launches(args.pid)
+    note_shadowed_script("stacks")
+    launches = launches_or_say("stacks", args.pid)
     if not launches:
-        which = f"with pid {args.pid}" if args.pid else "running"
-        print(f"icelaunch stacks: no icelaunch launch {which} on this machine", file=sys.stderr)
         return 1
     shown = [report(pid, folder) for pid, folder in launches]
     print("\n\n".join(shown))
     return 0
+
+
+def note_shadowed_script(command: str) -> None:
+    """Say how to run a script file named like the sub-command, if there is one here."""
+    if os.path.isfile(command):
+        print(
+            f"icelaunch: note: showing {command}; to run the script ./{command}, write "
+            f"`icelaunch ./{command}`",
+            file=sys.stderr,
+        )
+
+
+def launches_or_say(command: str, pid: int | None) -> list[tuple[int, str]]:
+    """:func:`find_launches`; if there is none, one line on stderr says so."""
+    launches = find_launches(pid)
+    if not launches:
+        which = f"with pid {pid}" if pid else "running"
+        print(f"icelaunch {command}: no icelaunch launch {which} on this machine", file=sys.stderr)
+    return launches
 
 
 def find_launches(pid: int | None = None) -> list[tuple[int, str]]:

@@ -22,7 +22,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from icelaunch import _diagnosis, _rundir, _watching
-from icelaunch.cli._stacks import find_launches
+from icelaunch.cli._stacks import launches_or_say, note_shadowed_script
 from icelaunch.cli._top_view import Line, View, plain, rich_view
 
 USAGE = "icelaunch top [PID] [--interval SECONDS] [--once]"
@@ -73,15 +73,9 @@ def top_command(argv: list[str]) -> int:
             )
     except SystemExit as exc:  # --help, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    if os.path.isfile("top"):
-        print(
-            "icelaunch: note: showing top; to run the script ./top, write `icelaunch ./top`",
-            file=sys.stderr,
-        )
-    launches = find_launches(args.pid)
+    note_shadowed_script("top")
+    launches = launches_or_say("top", args.pid)
     if not launches:
-        which = f"with pid {args.pid}" if args.pid else "running"
-        print(f"icelaunch top: no icelaunch launch {which} on this machine", file=sys.stderr)
         return 1
     watchers = [Watcher(pid, job_dir) for pid, job_dir in launches]
     try:
