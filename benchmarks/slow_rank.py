@@ -138,6 +138,9 @@ def read_report(report: dict[str, Any], slow: int) -> dict[str, Any]:
         default=math.nan,
     )
     first = findings[0] if findings else None
+    seen = _alone_samples(report)
+    cpu = {r["rank"]: r["cpu_s"] or 0.0 for r in report["ranks"]}
+    others = [c for rank, c in cpu.items() if rank != slow]
     return {
         "flag_s": round(flags[0]["t_s"] - started, 2) if flags else None,
         "first_step_s": round(first_step - started, 2),
@@ -147,6 +150,10 @@ def read_report(report: dict[str, Any], slow: int) -> dict[str, Any]:
         "findings": findings,
         "stalls": sum(1 for f in report["findings"] if f["kind"] == "stall"),
         "closest": closest_call(report),
+        # the evidence: how often the slow rank alone was busy, how much more CPU it used
+        "slow_alone": sum(1 for _, r in seen if r == slow) / max(1, len(seen)),
+        "others_alone": sum(1 for _, r in seen if r not in (slow, -1)) / max(1, len(seen)),
+        "slow_cpu": cpu[slow] / statistics.median(others) if slow in cpu and others else None,
     }
 
 
@@ -256,11 +263,12 @@ def detect(
     return runs
 
 
-def detect_table(runs: list[dict[str, Any]], sizes: list[int]) -> str:
+def detect_table(runs: list[dict[str, Any]], sizes: list[int], limit: float) -> str:
     rows = [
         "| ranks | units | mean step ms | flagged after s (workers started) | "
-        "after the first step s | vs 60 s | right rank and function | load | requirement |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "after the first step s | vs 60 s | right rank and function | slow rank alone busy, "
+        "% of samples (any other) | its CPU vs the others' | load | requirement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
         mine = [r for r in runs if r["ranks"] == n]
@@ -273,9 +281,12 @@ def detect_table(runs: list[dict[str, Any]], sizes: list[int]) -> str:
         flagged = stat([f for f in flags if f != math.inf])
         rows.append(
             f"| {n} | {mine[0]['units']:g} | {stat([r['mean_step_ms'] for r in mine], 0)} | "
-            f"{flagged}{f', {misses} missed' if misses else ''} | {stat(after_step)} | "
+            f"{flagged}{f', {misses} not in {limit:g} s of training' if misses else ''} | "
+            f"{stat(after_step)} | "
             f"{'-' if worst == math.inf else f'{worst / LIMIT_S:.2f}x'} (worst) | "
-            f"{right}/{len(mine)} | {stat([r['load'][0] for r in mine])} | "
+            f"{right}/{len(mine)} | {stat([100 * r['slow_alone'] for r in mine])} "
+            f"({stat([100 * r['others_alone'] for r in mine])}) | "
+            f"{stat([r['slow_cpu'] for r in mine], 2)}x | {stat([r['load'][0] for r in mine])} | "
             f"{'met' if ok else 'NOT met'} |"
         )
     return "\n".join(rows)
@@ -461,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["detect"] = detect(sizes, units, args.repeats, args.detect_limit, args.keep)
         tables.append(
             f"Detection: one rank 30 % slower in `load_batch`, {args.repeats} launches each\n\n"
-            + detect_table(result["detect"], sizes)
+            + detect_table(result["detect"], sizes, args.detect_limit)
         )
         save()
     if args.only in (None, "quiet"):
