@@ -15,7 +15,7 @@ Data flow::
                                                   group(): identical stacks once, odd ones first
     while <run>/sampling exists: a thread  ---->  read_sample(): where each rank's main thread
       looks at the main thread every 0.5 s        is, no signal sent (_sampling; the watching
-      -> sample-A-L.txt (state, frames)           room's slow-rank rule, the hang rule's stacks)
+      -> sample-A-L.txt (state, frames)           room's slow-rank rule)
     /proc/<pid>/stat, status (CPU time,    ---->  Watch: timeout, hang_timeout (_progress: a
       wake-ups, of the rank and its children)     rank computes or wakes up, else its stack
                                                   changed), memory peaks, OOM counters ->

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 
-from icelaunch._diagnosis import _collect, _format, _sampling
+from icelaunch._diagnosis import _collect, _format
 from icelaunch._diagnosis._memory import MemoryWatch
 from icelaunch._diagnosis._progress import Meter
 from icelaunch._rundir import STACK_SIGNAL_NAME
@@ -16,23 +16,6 @@ logger = logging.getLogger(__name__)
 MEMORY_SAMPLE_S = 1.0  # the agent looks at the ranks' peak memory at least this often
 _MIN_HANG_SAMPLE_S = 0.25
 _MAX_HANG_SAMPLE_S = 5.0
-
-
-_FRESH_S = 1.5  # a rank's own sample younger than this stands for its stack now
-
-
-def _own_samples(
-    run_dir: str, attempt: int, ranks: Mapping[int, _collect.Rank], now: float
-) -> dict[int, tuple[_format.Thread, ...]] | None:
-    """Every rank's main-thread stack from its own latest sample (``_sampling``: no
-    signal), or None if a rank has no fresh one."""
-    keys: dict[int, tuple[_format.Thread, ...]] = {}
-    for rank, info in ranks.items():
-        sample = _sampling.read_sample(run_dir, attempt, info.local_rank)
-        if sample is None or now - sample.t > _FRESH_S:
-            return None
-        keys[rank] = (_format.user_frames(sample.frames),)
-    return keys
 
 
 class Stopped(Exception):
@@ -114,11 +97,9 @@ class Watch:
             for r, info in _collect.ready_ranks(run_dir, attempt).items()
             if r in pids and r not in self._silent
         }
-        keys = _own_samples(run_dir, attempt, ranks, now)
-        if keys is None:  # the ranks do not sample themselves: ask them by signal
-            dumps = _collect.ask(ranks)
-            self._note_silent(ranks, dumps)
-            keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
+        dumps = _collect.ask(ranks)
+        self._note_silent(ranks, dumps)
+        keys = {rank: tuple(_format.user_threads(dump)) for rank, dump in dumps.items()}
         self._next_sample = time.monotonic() + (self._hang_every or 0)
         if keys != self._last_keys:
             self._last_keys, self._last_change = keys, now
