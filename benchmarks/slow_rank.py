@@ -25,7 +25,6 @@ Prints markdown tables with ratios; ``--json PATH`` writes every sample.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -138,9 +136,10 @@ def read_report(report: dict[str, Any], slow: int) -> dict[str, Any]:
         default=math.nan,
     )
     first = findings[0] if findings else None
-    seen = _alone_samples(report)
     cpu = {r["rank"]: r["cpu_s"] or 0.0 for r in report["ranks"]}
     others = [c for rank, c in cpu.items() if rank != slow]
+    shares = {r["rank"]: r.get("waited_share") for r in report["ranks"]}
+    their_shares = [v for rank, v in shares.items() if rank != slow and v is not None]
     return {
         "flag_s": round(flags[0]["t_s"] - started, 2) if flags else None,
         "first_step_s": round(first_step - started, 2),
@@ -149,79 +148,12 @@ def read_report(report: dict[str, Any], slow: int) -> dict[str, Any]:
         "right": bool(first and first["rank"] == slow and first["function"] == "load_batch"),
         "findings": findings,
         "stalls": sum(1 for f in report["findings"] if f["kind"] == "stall"),
-        "closest": closest_call(report),
-        # the evidence: how often the slow rank alone was busy, how much more CPU it used
-        "slow_alone": sum(1 for _, r in seen if r == slow) / max(1, len(seen)),
-        "others_alone": sum(1 for _, r in seen if r not in (slow, -1)) / max(1, len(seen)),
+        "closest": report.get("slow_rank_closest") or {},
+        # the evidence: the share of time the slow rank waited, the others' (median), CPU
+        "slow_waited": shares.get(slow),
+        "others_waited": statistics.median(their_shares) if their_shares else None,
         "slow_cpu": cpu[slow] / statistics.median(others) if slow in cpu and others else None,
     }
-
-
-def closest_call(report: dict[str, Any]) -> dict[str, Any]:
-    """How near the rule of ``_slow`` came to naming a rank, replayed from the report's states.
-
-    Each sample is rebuilt from the ranks' state intervals; a rank is *alone* in a
-    sample when it alone is busy while every other waits. ``score`` is the least of
-    count / MIN_SAMPLES, dominance / DOMINANCE and share / MIN_SHARE for the most
-    frequent alone rank of a window, at its highest over the run: 1 or more names it.
-    """
-    from icelaunch._watching import _slow
-
-    window = float(report["parameters"].get("slow_rank") or 30.0)
-    seen = _alone_samples(report)
-    best: dict[str, Any] = {"score": 0.0, "alone": dict(Counter(r for _, r in seen if r >= 0))}
-    first = 0
-    for last, (t, _) in enumerate(seen):
-        while seen[first][0] < t - window:
-            first += 1
-        counts = Counter(r for _, r in seen[first : last + 1] if r >= 0)
-        if not counts:
-            continue
-        rank, count = counts.most_common(1)[0]
-        dominance, share = count / sum(counts.values()), count / (last + 1 - first)
-        score = min(count / _slow.MIN_SAMPLES, dominance / _slow.DOMINANCE, share / _slow.MIN_SHARE)
-        if score > best["score"]:
-            best.update(
-                score=round(score, 2),
-                t_s=t,
-                rank=rank,
-                count=count,
-                dominance=round(dominance, 2),
-                share=round(share, 3),
-            )
-    return best
-
-
-def _alone_samples(report: dict[str, Any]) -> list[tuple[float, int]]:
-    """(t, the rank alone busy, or -1) for each sample in which every live rank was seen."""
-    interval = report.get("sample_interval_s") or 0.5
-    runs = [r for r in report["ranks"] if r["states"]]
-    if not runs:
-        return []
-    marks = sorted({s[0] for r in runs for s in r["states"]})
-    times: list[float] = []
-    ends = [*marks[1:], max(s[1] for r in runs for s in r["states"])]
-    for a, b in zip(marks, ends, strict=True):
-        times += [a + k * interval for k in range(max(1, round((b - a) / interval)))]
-    seen = []
-    for t in times:
-        looks = [_state_at(r["states"], t) for r in runs]
-        live = [(r["rank"], s) for r, s in zip(runs, looks, strict=True) if s is not False]
-        if len(live) < 2 or any(s is None or s[3] is None for _, s in live):
-            continue
-        busy = [rank for rank, s in live if s is not None and s[2] != "waiting"]
-        seen.append((t, busy[0] if len(busy) == 1 else -1))
-    return seen
-
-
-def _state_at(states: list[list[Any]], t: float) -> list[Any] | bool | None:
-    """The state interval holding ``t``; None before the first, False after the last."""
-    if t < states[0][0]:
-        return None
-    for here, after in itertools.pairwise(states):
-        if here[0] <= t < after[0]:
-            return here
-    return states[-1] if t <= states[-1][1] + 1e-6 else False
 
 
 class Hog:
@@ -240,6 +172,10 @@ class Hog:
         for proc in self.procs:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def _pct(share: float | None) -> float:
+    return math.nan if share is None else 100 * share
 
 
 def stat(values: list[float], digits: int = 1) -> str:
@@ -266,8 +202,8 @@ def detect(
 def detect_table(runs: list[dict[str, Any]], sizes: list[int], limit: float) -> str:
     rows = [
         "| ranks | units | mean step ms | flagged after s (workers started) | "
-        "after the first step s | vs 60 s | right rank and function | slow rank alone busy, "
-        "% of samples (any other) | its CPU vs the others' | load | requirement |",
+        "after the first step s | vs 60 s | right rank and function | time waiting in "
+        "collectives, slow rank % (the others') | its CPU vs the others' | load | requirement |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
@@ -284,8 +220,8 @@ def detect_table(runs: list[dict[str, Any]], sizes: list[int], limit: float) -> 
             f"{flagged}{f', {misses} not in {limit:g} s of training' if misses else ''} | "
             f"{stat(after_step)} | "
             f"{'-' if worst == math.inf else f'{worst / LIMIT_S:.2f}x'} (worst) | "
-            f"{right}/{len(mine)} | {stat([100 * r['slow_alone'] for r in mine])} "
-            f"({stat([100 * r['others_alone'] for r in mine])}) | "
+            f"{right}/{len(mine)} | {stat([_pct(r['slow_waited']) for r in mine])} "
+            f"({stat([_pct(r['others_waited']) for r in mine])}) | "
             f"{stat([r['slow_cpu'] for r in mine], 2)}x | {stat([r['load'][0] for r in mine])} | "
             f"{'met' if ok else 'NOT met'} |"
         )
@@ -313,10 +249,10 @@ def quiet_table(runs: list[dict[str, Any]], seconds: float) -> str:
         where = "idle machine" if not run["hog"] else f"beside {run['hog']} busy processes"
         near = run["closest"]
         detail = (
-            f"{near['score']:.2f} (rank {near['rank']}: {near['count']} samples, "
-            f"{near['dominance']:.0%} of the alone ones, {near['share']:.1%} of all)"
+            f"{near['score']:.2f} (rank {near['rank']} waited {near['gap']:.1%} of the time "
+            f"less than the others' median, {near['next_gap']:.1%} less than the next rank)"
             if "rank" in near
-            else "0"
+            else "never judged"
         )
         rows.append(
             f"| {where} | {run['mean_step_ms']:.0f} | {len(run['findings'])} | {run['stalls']} | "

@@ -780,7 +780,7 @@ def run_report(**changes: Any) -> dict[str, Any]:
                 "from_s": 2.0,
                 "to_s": 4.8,
                 "message": "rank 1 is slowing the job: for 3 s the other ranks waited (about 2 s "
-                "in all) in all_reduce (train.py:18) while rank 1 was in load_batch (data.py:40)",
+                "each) in all_reduce (train.py:18) while rank 1 was in load_batch (data.py:40)",
                 "waited_s": 2.1,
                 "function": "load_batch",
                 "where": "data.py:40",

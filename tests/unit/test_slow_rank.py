@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from icelaunch import _diagnosis, _rundir
-from icelaunch._diagnosis import Frame, Look
-from icelaunch._diagnosis._sampling import read_sample, sampling_interval, start_sampler
+from icelaunch._diagnosis import Frame, Look, Tally, Where, where_in
+from icelaunch._diagnosis._sampling import Seen, read_sample, sampling_interval, start_sampler
 from icelaunch._rundir import Identity
-from icelaunch._watching import Detector, RankLook, Sample, where_in
-from icelaunch._watching._frames import Where
-from icelaunch._watching._slow import DOMINANCE, MIN_SAMPLES, STALL_S
+from icelaunch._watching import Detector, Finding, RankLook, Sample
+from icelaunch._watching._slow import MIN_GAP, MIN_LOOKS, SEPARATION, STALL_S, Window
 
 TORCH = "/venv/lib/python3.11/site-packages/torch"
 TRAIN = "/home/me/train.py"
@@ -65,76 +65,136 @@ def test_frames_without_user_code_say_nothing() -> None:
     assert where_in((Frame(f"{TORCH}/x.py", 1, "f"),), "S") is None
 
 
-def _sample(t: float, busy: int | None, n: int = 4, attempt: int = 0) -> Sample:
-    """``busy`` loads a batch while every other rank waits (None: all of them run)."""
-    looks = {}
-    for rank in range(n):
-        if busy is None:
-            place = where_in(BACKWARD, "R")
-        else:
-            place = where_in(LOADING, "R") if rank == busy else where_in(WAITING, "S")
-        proc = Look(1000 + rank, "1", "R", 0, 0)
-        looks[rank] = RankLook(rank, rank, 1000 + rank, proc, place, True)
-    return Sample(t, attempt, looks)
+class _Job:
+    """Hand-made samples of ``n`` ranks every 0.5 s: each rank's counts grow by 10 looks,
+    of which ``waits[rank]`` waited in all_reduce; the others were busy in ``train``, or
+    (for ``extra[rank]`` of them) in ``load_batch``."""
+
+    def __init__(self, n: int = 4, attempt: int = 0) -> None:
+        self.n, self.attempt, self.t = n, attempt, 0.0
+        self.seen: list[Counter[Seen]] = [Counter() for _ in range(n)]
+        self.looks = [0] * n
+
+    def sample(self, waits: list[int], extra: dict[int, int] | None = None) -> Sample:
+        self.t += 0.5
+        looks = {}
+        for rank in range(self.n):
+            loading = (extra or {}).get(rank, 0)
+            self.seen[rank][(True, "train", "train.py:18", "all_reduce")] += waits[rank]
+            self.seen[rank][(False, "load_batch", "data.py:40", None)] += loading
+            self.seen[rank][(False, "train", "train.py:15", None)] += 10 - waits[rank] - loading
+            self.looks[rank] += 10
+            tally = Tally(self.looks[rank], dict(self.seen[rank]))
+            place = where_in(WAITING, "S") if waits[rank] else where_in(BACKWARD, "R")
+            proc = Look(1000 + rank, "1", "R", 0, 0)
+            looks[rank] = RankLook(rank, rank, 1000 + rank, proc, place, True, tally, self.t)
+        return Sample(self.t, self.attempt, looks)
 
 
-def test_a_rank_that_alone_is_busy_again_and_again_is_named_once() -> None:
-    detector = Detector(window_s=30)
-    opened = []
-    for i in range(60):  # every 0.5 s; rank 2 holds the others back in one sample of 4
-        opened += detector.add(_sample(i * 0.5, 2 if i % 4 == 0 else None))
-    assert len(opened) == 1
+def _slow_findings(detector: Detector) -> list[Finding]:
+    return [f for f in detector.findings if f.kind == "slow_rank"]
+
+
+def test_a_rank_that_waits_far_less_than_all_others_is_named_once() -> None:
+    detector, job, opened = Detector(window_s=30), _Job(), []
+    for _ in range(120):  # rank 2 loads a batch 2 looks in 10; the others wait for it
+        opened += detector.add(job.sample([3, 3, 1, 3], extra={2: 2}))
+    assert len(opened) == 1 and _slow_findings(detector) == opened
     finding = opened[0]
     assert (finding.rank, finding.function, finding.where) == (2, "load_batch", "data.py:40")
     assert (finding.waited_in, finding.waited_where) == ("all_reduce", "train.py:18")
-    assert finding.message().startswith("rank 2 is slowing the job: for ")
-    assert "while rank 2 was in load_batch (data.py:40)" in finding.message()
-    assert finding.waited_s > 0
-    # named as soon as the rule holds: MIN_SAMPLES samples of it, 4 samples apart
-    assert finding.to_t >= (MIN_SAMPLES - 1) * 4 * 0.5
+    message = finding.message()
+    assert message.startswith("rank 2 is slowing the job: for ")
+    assert "in all_reduce (train.py:18) while rank 2 was in load_batch (data.py:40)" in message
+    # named as soon as a full window holds it (from the first sample on: all ranks waited)
+    assert 30 <= finding.to_t - finding.from_t <= 60 and finding.from_t <= 1.0
+    assert finding.waited_s == pytest.approx(0.2 * (finding.to_t - finding.from_t), rel=0.1)
 
 
 def test_ranks_taking_turns_are_never_named() -> None:
-    detector = Detector(window_s=30)
+    detector, job = Detector(window_s=30), _Job()
     for i in range(600):  # five minutes of the last rank changing every step
-        assert detector.add(_sample(i * 0.5, i % 4)) == []
-    assert detector.findings == []
+        waits = [3, 3, 3, 3]
+        waits[i % 4] = 0
+        detector.add(job.sample(waits))
+    assert _slow_findings(detector) == []
 
 
-def test_one_rank_dominating_less_than_the_rule_is_not_named() -> None:
-    detector = Detector(window_s=30)
-    others = (0, 2, 3)
-    for i in range(600):  # rank 1 in half the samples, the others in turn: 50 % < DOMINANCE
-        detector.add(_sample(i * 0.5, 1 if i % 2 == 0 else others[(i // 2) % 3]))
-    assert DOMINANCE > 0.5
-    assert [f for f in detector.findings if f.kind == "slow_rank"] == []
+def test_two_slow_ranks_are_not_one_slow_rank() -> None:
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(200):
+        detector.add(job.sample([4, 1, 1, 4]))
+    assert SEPARATION > 0
+    assert _slow_findings(detector) == []
 
 
-def test_a_sample_with_a_rank_not_seen_counts_for_nothing() -> None:
-    detector = Detector(window_s=30)
-    for i in range(100):
-        sample = _sample(i * 0.5, 2)
+def test_a_gap_below_the_rule_is_not_named() -> None:
+    detector, job = Detector(window_s=30), _Job(n=2)
+    assert MIN_GAP > 0.03
+    for i in range(400):  # rank 1 waits 3 % of the time less
+        detector.add(job.sample([3, 3 if i % 10 < 7 else 2]))
+    assert _slow_findings(detector) == []
+
+
+def test_a_sample_with_a_rank_without_counts_counts_for_nothing() -> None:
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(200):
+        sample = job.sample([3, 3, 1, 3])
         looks = dict(sample.looks)
-        looks[0] = RankLook(0, 0, 1000, looks[0].proc, None, True)  # no stack from rank 0
+        looks[0] = RankLook(0, 0, 1000, looks[0].proc, looks[0].where, True)  # no counts
         assert detector.add(Sample(sample.t, 0, looks)) == []
 
 
+def test_start_up_is_not_held_against_a_rank() -> None:
+    """Rank 3 still imports for 20 s while the others wait at the rendezvous."""
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(40):
+        detector.add(job.sample([10, 10, 10, 0]))
+    for _ in range(200):
+        detector.add(job.sample([3, 3, 3, 3]))
+    assert _slow_findings(detector) == []
+
+
+def test_a_rank_that_never_waits_is_judged_after_a_window() -> None:
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(200):  # rank 1 never waits at all: its peers always wait for it
+        detector.add(job.sample([5, 0, 5, 5]))
+    assert [f.rank for f in _slow_findings(detector)] == [1]
+
+
 def test_a_new_attempt_starts_afresh() -> None:
-    detector = Detector(window_s=30)
-    for i in range(40):
-        detector.add(_sample(i * 0.5, 2))
-    assert [f.rank for f in detector.findings if f.kind == "slow_rank"] == [2]
-    for i in range(40, 80):
-        detector.add(_sample(i * 0.5, 3, attempt=1))
-    named = [(f.attempt, f.rank) for f in detector.findings if f.kind == "slow_rank"]
-    assert named == [(0, 2), (1, 3)]
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(100):
+        detector.add(job.sample([3, 3, 1, 3]))
+    job = _Job(attempt=1)
+    for _ in range(100):
+        detector.add(job.sample([3, 3, 3, 1]))
+    assert [(f.attempt, f.rank) for f in _slow_findings(detector)] == [(0, 2), (1, 3)]
+
+
+def test_the_window_names_the_least_waiting_rank_and_its_gap() -> None:
+    job = _Job(n=3)
+    first = job.sample([0, 0, 0])
+    for _ in range(MIN_LOOKS // 10):
+        last = job.sample([4, 1, 5])
+    looks = {
+        r: last.looks[r].tally.since(first.looks[r].tally)  # type: ignore[union-attr]
+        for r in range(3)
+    }
+    window = Window(looks, first.t, last.t)
+    assert window.share(0) == pytest.approx(0.4)
+    named = window.slow()
+    assert (
+        named is not None and named[0] == 1 and named[1] == pytest.approx(0.45 - 0.1)
+    )  # the others' median
+    assert window.busy_in(1) == ("train", "train.py:15")
+    assert window.waited_in(1) == ("all_reduce", "train.py:18")
 
 
 def test_a_rank_waiting_in_one_place_long_enough_stalled() -> None:
-    detector = Detector(window_s=30)
-    steps = int(STALL_S / 0.5) + 4
-    for i in range(steps):
-        detector.add(_sample(i * 0.5, 2))  # the others wait in all_reduce all along
+    detector, job = Detector(window_s=30), _Job()
+    for _ in range(int(STALL_S / 0.5) + 4):
+        detector.add(job.sample([10, 10, 0, 10]))  # the others wait in all_reduce all along
     stalls = [f for f in detector.findings if f.kind == "stall"]
     assert sorted(f.rank for f in stalls) == [0, 1, 3]
     assert stalls[0].waited_in == "all_reduce"
@@ -155,12 +215,18 @@ def test_a_rank_samples_its_own_main_thread_without_signals(tmp_path: Path) -> N
     while time.monotonic() < deadline:  # this (main) thread is in this test function
         time.sleep(0.01)
         sample = read_sample(run_dir, 0, 1)
-        if sample is not None and any(f.function == _own_name() for f in sample.frames):
+        if sample is None or sample.tally.looks < 10:
+            continue
+        if any(f.function == _own_name() for f in sample.frames):
             break
     assert sample is not None
     functions = [f.function for f in sample.frames]
     assert functions[-1] == _own_name()  # innermost last; time.sleep has no Python frame
     assert sample.state in ("R", "S")
+    tally = sample.tally  # 10 looks a sample, each counted by what it saw
+    assert tally.looks >= 10 and sum(tally.seen.values()) == tally.looks
+    mine = [k for k in tally.seen if k[1] == _own_name()]
+    assert mine and all(not waits for waits, *_ in mine)  # sleeping in its own code: busy
     assert abs(sample.t - time.monotonic()) < 5
     os.remove(_rundir.sampling_path(run_dir))
 

@@ -14,8 +14,9 @@ Data flow::
                                                   why_silent(): a note for each that gave none
                                                   group(): identical stacks once, odd ones first
     while <run>/sampling exists: a thread  ---->  read_sample(): where each rank's main thread
-      looks at the main thread every 0.5 s        is, no signal sent (_sampling; the watching
-      -> sample-A-L.txt (state, frames)           room's slow-rank rule)
+      looks at the main thread 20 times a s,      is and how often it waited, no signal sent
+      _frames: waiting in a collective or         (_sampling; the watching room's slow-rank
+      busy -> sample-A-L.txt (counts, frames)     rule)
     /proc/<pid>/stat, status (CPU time,    ---->  Watch: timeout, hang_timeout (_progress: a
       wake-ups, of the rank and its children)     rank computes or wakes up, else its stack
                                                   changed), memory peaks, OOM counters ->
@@ -45,9 +46,10 @@ from icelaunch._diagnosis._format import (
     user_frames,
     user_threads,
 )
+from icelaunch._diagnosis._frames import Where, where, where_in
 from icelaunch._diagnosis._memory import peak_bytes
 from icelaunch._diagnosis._proc import Look, clock_ticks, command_line, look
-from icelaunch._diagnosis._sampling import RankSample, read_sample
+from icelaunch._diagnosis._sampling import RankSample, Tally, read_sample
 from icelaunch._diagnosis._watch import Stopped, Watch
 from icelaunch._diagnosis._worker_side import setup_worker, without_bootstrap_frames
 from icelaunch._rundir import STACK_SIGNAL
@@ -58,8 +60,10 @@ __all__ = [
     "Look",
     "RankSample",
     "Stopped",
+    "Tally",
     "Thread",
     "Watch",
+    "Where",
     "ask",
     "clock_ticks",
     "command_line",
@@ -78,6 +82,8 @@ __all__ = [
     "take",
     "user_frames",
     "user_threads",
+    "where",
+    "where_in",
     "why_silent",
     "without_bootstrap_frames",
 ]

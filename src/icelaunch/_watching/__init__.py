@@ -5,13 +5,12 @@ Data flow::
     engine's Agent (every 0.5 s)                    _monitor.Monitor
     ----------------------------                    ----------------
     running ranks (pid), ranks up  ----> check():   _sampler: /proc (state, CPU, memory; no
-                                                    signal), then every rank's stack at once
-                                                    (the stack signal, as `icelaunch stacks`)
-                                                      -> _frames: waiting in a collective, or
-                                                         busy in a user frame
-                                                      -> _slow.Detector: the rank that alone
-                                                         is busy while the others wait, again
-                                                         and again -> WARNING + finding
+                                                    signal), and the ranks' own samples
+                                                    (_diagnosis: where each one is, how often
+                                                    it waited in a collective)
+                                                      -> _slow.Detector: the rank that waits
+                                                         far less than all the others, who
+                                                         wait for it -> WARNING + finding
                                                       -> _record.Recorder: states, peaks
                                                       -> _live: <job>/live.json (icelaunch top)
     workers started/up/ended, restarts,
@@ -25,7 +24,6 @@ A room of level 4: it builds on ``_diagnosis`` (stacks, ``/proc``) and ``_rundir
 
 from __future__ import annotations
 
-from icelaunch._watching._frames import Where, where, where_in
 from icelaunch._watching._gpu import GpuReader, GpuUse
 from icelaunch._watching._live import publish, read
 from icelaunch._watching._monitor import Monitor
@@ -57,10 +55,7 @@ __all__ = [
     "Sample",
     "Sampler",
     "Tracker",
-    "Where",
     "publish",
     "read",
-    "where",
-    "where_in",
     "write",
 ]

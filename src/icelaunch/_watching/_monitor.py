@@ -119,6 +119,7 @@ class Monitor:
                     rank=finding.rank,
                 )
             self.recorder.findings = self._detector.findings
+            self.recorder.closest = self._detector.closest
             findings = [f.message() for f in self._detector.findings[-3:] if f.kind == "slow_rank"]
         _live.publish(
             self._job_dir,

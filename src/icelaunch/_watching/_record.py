@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icelaunch._watching._sampler import Sample
-from icelaunch._watching._slow import Finding
+from icelaunch._watching._slow import Closest, Finding
 
 SCHEMA = "icelaunch-run-report"
 VERSION = 1
@@ -42,6 +42,7 @@ class _Run:
     signal: str | None = None
     peak_rss_bytes: int | None = None
     cpu_ticks: int | None = None
+    waited_share: float | None = None  # share of its own looks waiting in a collective
     gpu_peak_bytes: int | None = None
     states: list[list[Any]] = field(default_factory=list)  # [from_t, to_t, state, where]
     stack_at_stop: str | None = None
@@ -80,6 +81,7 @@ class Recorder:
         self.events: list[dict[str, Any]] = []
         self.runs: dict[tuple[int, int], _Run] = {}  # (attempt, global rank) -> run
         self.findings: list[Finding] = []
+        self.closest: Closest | None = None  # the slow-rank rule's nearest call
         self.stacks_at_stop: str | None = None
         self.sample_interval_s: float | None = None
         self.event("launch_started", "the launch began")
@@ -154,6 +156,8 @@ class Recorder:
             if look.started and run.up_t is None:
                 run.up_t = sample.t
             run.cpu_ticks = look.proc.cpu_ticks
+            if look.tally is not None and look.tally.looks:
+                run.waited_share = round(look.tally.waiting / look.tally.looks, 3)
             peak = max(peaks.get(look.pid, 0), look.proc.rss_bytes)
             run.peak_rss_bytes = max(run.peak_rss_bytes or 0, peak)
             if look.pid in gpu:
@@ -208,6 +212,7 @@ class Recorder:
             "events": sorted(self.events, key=lambda e: e["t_s"]),
             "ranks": [self._run_entry(run) for _, run in sorted(self.runs.items())],
             "findings": [self._finding_entry(f) for f in self.findings],
+            "slow_rank_closest": self._closest_entry(),
             "stacks_at_stop": self.stacks_at_stop,
             "failure": _failure_entry(failure),
         }
@@ -227,9 +232,23 @@ class Recorder:
             "signal": run.signal,
             "peak_rss_bytes": run.peak_rss_bytes,
             "cpu_s": None if run.cpu_ticks is None else round(run.cpu_ticks / ticks, 2),
+            "waited_share": run.waited_share,
             "gpu_peak_bytes": run.gpu_peak_bytes,
             "states": [[self.s(a), self.s(b), st, w] for a, b, st, w in run.states],
             "stack_at_stop": run.stack_at_stop,
+        }
+
+    def _closest_entry(self) -> dict[str, Any] | None:
+        c = self.closest
+        if c is None:
+            return None
+        return {
+            "t_s": self.s(c.t),
+            "attempt": c.attempt,
+            "rank": c.rank,
+            "gap": round(c.gap, 3),
+            "next_gap": round(c.next_gap, 3),
+            "score": round(c.score, 2),
         }
 
     def _finding_entry(self, finding: Finding) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from icelaunch import _diagnosis
-from icelaunch._watching._frames import Where, where, where_in
+from icelaunch._diagnosis import Tally, Where, where, where_in
 
 #: seconds between two samples of the launcher (and of ``icelaunch top``)
 SAMPLE_INTERVAL_S = 0.5
@@ -42,6 +42,8 @@ class RankLook:
     proc: _diagnosis.Look | None  # None: the process is gone
     where: Where | None  # None: no stack (not asked, no answer, no user frame yet)
     started: bool  # its own code has run (a user frame was seen, or it reported in)
+    tally: Tally | None = None  # its own looks since it started (own samples only)
+    tally_t: float = 0.0  # when its thread wrote that tally (time.monotonic())
 
     @property
     def state(self) -> str:
@@ -95,10 +97,14 @@ class Sampler:
         now = time.monotonic()
         procs = {rank: _diagnosis.look(m.pid) for rank, m in members.items()}
         places: dict[int, Where | None] = {}
+        tallies: dict[int, tuple[Tally, float]] = {}
         if source == "samples":
             for rank, m in members.items():
                 own = _diagnosis.read_sample(run_dir, attempt, m.local_rank)
-                if own is not None and now - own.t <= _STALE_INTERVALS * self._interval_s:
+                if own is None:
+                    continue
+                tallies[rank] = (own.tally, own.t)
+                if now - own.t <= _STALE_INTERVALS * self._interval_s:
                     places[rank] = where_in(own.frames, own.state)
         dumps: dict[int, str] = {}
         if source == "signal":
@@ -122,7 +128,10 @@ class Sampler:
             if place is not None or rank in up:
                 self._started.add(member.pid)
             started = member.pid in self._started
-            looks[rank] = RankLook(rank, member.local_rank, member.pid, proc, place, started)
+            tally, tally_t = tallies.get(rank, (None, 0.0))
+            looks[rank] = RankLook(
+                rank, member.local_rank, member.pid, proc, place, started, tally, tally_t
+            )
         return Sample(now, attempt, looks)
 
 

@@ -1,58 +1,62 @@
-"""The slow rank, named from stack samples alone, and the ranks' long waits (stalls).
+"""The slow rank, named from the ranks' own counts of their waiting, and stalls.
 
-In each sample where every rank was seen, a rank **holds the others back** when
-it alone is busy while every other rank waits in a collective (``_frames``). In
-a job without a slow rank that happens now to one rank, now to another (the
-last to finish its step); with a slow rank it is nearly always the same one.
-Over the last ``window_s`` seconds a rank is named when
+Each rank counts how often its main thread waits in a collective
+(``_diagnosis._sampling``: 20 looks a second, by the rank itself). Where ranks
+meet at collectives, the rank that holds the others back is the one that
+waits least: its peers wait for it. Without a slow rank the last to arrive
+changes from step to step, and over a window every rank waits about as much.
+No look has to coincide with another rank's, so a loaded machine that wakes
+the ranks' sampling threads late does not blur the rule.
 
-- it held the others back in at least :data:`MIN_SAMPLES` samples,
-- those are at least :data:`DOMINANCE` of all such samples (every rank's), and
-- at least :data:`MIN_SHARE` of the window's samples (the others lost that
-  share of their time to it).
+Over the last ``window_s`` seconds (each rank's looks since then) rank R is
+named when
 
-The finding says where the others waited and where the slow rank was, the
-places seen most often; it stays open, growing, while the rule holds, and a
-WARNING is logged once when it opens.
+- the window is full: it spans ``window_s`` after the moment every rank had
+  waited once (the start-up, when one rank still imports while the others
+  wait at the rendezvous, is not held against it), with at least
+  :data:`MIN_LOOKS` looks of every rank;
+- R waits least: at least :data:`MIN_GAP` of the time less than the median
+  of the others (each of them lost about that share of its time to R); and
+- R stands alone: the next-least-waiting rank waits at least
+  :data:`SEPARATION` of that gap more than R.
+
+The finding names where the others waited most, and the function in which R
+spends more of its time than its peers do (the largest excess share: the
+extra work, not where the lateness shows), with its most frequent line. It
+stays open while the rule holds (and a window after), and a WARNING is
+logged once when it opens.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from icelaunch._watching._frames import Where
+from icelaunch._diagnosis import Tally
 from icelaunch._watching._sampler import Sample
 
-MIN_SAMPLES = 6
-DOMINANCE = 0.7
-MIN_SHARE = 0.05
+MIN_LOOKS = 100
+MIN_GAP = 0.05
+SEPARATION = 0.5
 #: a rank that waits in the same place this long has stalled (recorded, not warned)
 STALL_S = 10.0
 
 
 @dataclass(eq=False)
 class Finding:
-    """A slow rank or a stall, from ``from_s`` to ``to_s`` (the recorder's clock)."""
+    """A slow rank or a stall, from ``from_t`` to ``to_t`` (``time.monotonic()``)."""
 
     kind: str  # "slow_rank" or "stall"
     rank: int
     attempt: int
-    from_t: float  # time.monotonic()
+    from_t: float
     to_t: float
-    waited_s: float = 0.0
+    waited_s: float = 0.0  # slow rank: how long each other rank waited for it, about
     function: str | None = None
     where: str | None = None
     waited_in: str | None = None
     waited_where: str | None = None
-    #: places seen, for the most frequent one
-    _places: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
-    _waits: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
-    #: where the named rank, and its peers, were busy in every sample of the episode
-    _mine: Counter[str | None] = field(default_factory=Counter)
-    _theirs: Counter[str | None] = field(default_factory=Counter)
-    _samples: int = 0
-    _peer_samples: int = 0
 
     def message(self) -> str:
         """One line, as logged."""
@@ -63,20 +67,101 @@ class Finding:
             )
         return (
             f"rank {self.rank} is slowing the job: for {self.to_t - self.from_t:.0f} s the "
-            f"other ranks waited (about {self.waited_s:.0f} s in all) in "
+            f"other ranks waited (about {self.waited_s:.0f} s each) in "
             f"{self.waited_in or '?'} ({self.waited_where or '?'}) while rank {self.rank} "
             f"was in {self.function or '?'} ({self.where or '?'})"
         )
 
 
 @dataclass(frozen=True)
-class _Alone:
+class Closest:
+    """The nearest the rule came to naming a rank."""
+
     t: float
-    rank: int | None  # the one busy rank while all others waited, if any
-    busy: Where | None
-    waiting: tuple[Where, ...]
-    working: tuple[tuple[int, Where], ...] = ()  # every busy rank of the sample
-    ranks: int = 0  # ranks seen in the sample
+    attempt: int
+    rank: int  # the least-waiting rank of that window
+    gap: float  # its gap to the others' median share of waiting
+    next_gap: float  # its gap to the next least-waiting rank
+    score: float  # min(gap / MIN_GAP, next_gap / (SEPARATION * gap)): 1 or more names it
+
+
+@dataclass(frozen=True)
+class Window:
+    """Every rank's looks over one window: who waits least, and by how much."""
+
+    looks: dict[int, Tally]  # by global rank, the looks taken in the window
+    start_t: float
+    end_t: float
+
+    def share(self, rank: int) -> float:
+        """The share of ``rank``'s looks that found it waiting in a collective."""
+        tally = self.looks[rank]
+        return tally.waiting / tally.looks
+
+    def verdict(self) -> tuple[int, float, float] | None:
+        """The least-waiting rank, its gap to the others' median, and to the next rank;
+        None without :data:`MIN_LOOKS` looks of every rank (or with one rank)."""
+        if len(self.looks) < 2 or min(t.looks for t in self.looks.values()) < MIN_LOOKS:
+            return None
+        shares = sorted((self.share(r), r) for r in self.looks)
+        least, rank = shares[0]
+        return rank, statistics.median(s for s, _ in shares[1:]) - least, shares[1][0] - least
+
+    def slow(self) -> tuple[int, float] | None:
+        """The rank the rule names and its gap, None if none."""
+        verdict = self.verdict()
+        if verdict is None:
+            return None
+        rank, gap, next_gap = verdict
+        return (rank, gap) if gap >= MIN_GAP and next_gap >= SEPARATION * gap else None
+
+    @staticmethod
+    def score(gap: float, next_gap: float) -> float:
+        """How near a verdict comes to the rule: 1 or more names the rank."""
+        if gap <= 0:
+            return 0.0
+        return min(gap / MIN_GAP, next_gap / (SEPARATION * gap))
+
+    def busy_in(self, rank: int) -> tuple[str | None, str | None]:
+        """The function ``rank`` is busy in more than its peers (largest excess share of
+        looks), and its most frequent line there."""
+        mine = _busy(self.looks[rank])
+        peers = [_busy(t) for r, t in self.looks.items() if r != rank]
+        if not mine:
+            return None, None
+
+        def excess(function: str) -> tuple[float, str]:
+            theirs = sum(p.get(function, 0.0) for p in peers) / max(len(peers), 1)
+            return mine[function] - theirs, function
+
+        function = max(mine, key=excess)
+        lines = Counter(
+            {
+                place: n
+                for (w, f, place, _), n in self.looks[rank].seen.items()
+                if not w and f == function
+            }
+        )
+        return function, (lines.most_common(1)[0][0] if lines else None)
+
+    def waited_in(self, rank: int) -> tuple[str | None, str | None]:
+        """Where the ranks other than ``rank`` waited most: the call and its line."""
+        places: Counter[tuple[str | None, str | None]] = Counter()
+        for r, tally in self.looks.items():
+            if r != rank:
+                for (waits, _, place, call), n in tally.seen.items():
+                    if waits:
+                        places[(call, place)] += n
+        return places.most_common(1)[0][0] if places else (None, None)
+
+
+def _busy(tally: Tally) -> dict[str, float]:
+    """Share of ``tally``'s looks busy in each named function."""
+    shares: Counter[str] = Counter()
+    for (waits, function, _, _), n in tally.seen.items():
+        if not waits and function is not None:
+            shares[function] += n
+    return {f: n / tally.looks for f, n in shares.items()} if tally.looks else {}
 
 
 class Detector:
@@ -85,77 +170,90 @@ class Detector:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.findings: list[Finding] = []
-        self._seen: deque[_Alone] = deque()
+        self._attempt = -1
+        self._history: dict[int, deque[tuple[float, Tally]]] = {}
+        self._first_t: float | None = None
+        self._synced = False
         self._open: Finding | None = None
         self._last_t: float | None = None
-        self._attempt = -1
         self._stalls: dict[int, tuple[object, Finding]] = {}  # rank -> (stack, its stall)
+        #: the nearest the rule came to naming a rank (for tuning it): when, who, how near
+        self.closest: Closest | None = None
 
     def add(self, sample: Sample) -> list[Finding]:
         """Take one sample; return the slow-rank findings it opens (to be warned)."""
         if sample.attempt != self._attempt:
-            self._seen.clear()
-            self._open, self._last_t, self._attempt = None, None, sample.attempt
-            self._stalls = {}
-        step = 0.0 if self._last_t is None else sample.t - self._last_t
-        self._last_t = sample.t
+            self._attempt = sample.attempt
+            self._history, self._first_t, self._synced = {}, None, False
+            self._open, self._last_t, self._stalls = None, None, {}
         self._note_stalls(sample)
-        entry = _classify(sample)
-        if entry is None:
+        window = self._window(sample)
+        if window is None:
             return []
-        self._seen.append(entry)
-        while self._seen and self._seen[0].t < sample.t - self.window_s:
-            self._seen.popleft()
-        return self._judge(sample, entry, step)
+        return self._judge(sample.t, window)
 
-    def _judge(self, sample: Sample, entry: _Alone, step: float) -> list[Finding]:
-        counts = Counter(e.rank for e in self._seen if e.rank is not None)
-        total = sum(counts.values())
-        named = None
-        if counts:
-            rank, count = counts.most_common(1)[0]
-            if (
-                count >= MIN_SAMPLES
-                and count >= DOMINANCE * total
-                and count >= MIN_SHARE * len(self._seen)
-            ):
-                named = rank
-        opened: list[Finding] = []
+    def _window(self, sample: Sample) -> Window | None:
+        """The ranks' looks over the last ``window_s`` once every rank has waited once;
+        None while that is not known (a rank without counts, gone, or too early)."""
+        tallies = {}
+        for rank, look in sample.looks.items():
+            if look.proc is None or look.tally is None or look.tally.looks == 0:
+                return None
+            tallies[rank] = (look.tally_t, look.tally)
+        if len(tallies) < 2:
+            return None
+        self._first_t = sample.t if self._first_t is None else self._first_t
+        if not self._synced:
+            waited = all(t.waiting > 0 for _, t in tallies.values())
+            if not waited and sample.t - self._first_t < self.window_s:
+                return None
+            self._synced = True  # the window starts here
+            self._history = {r: deque() for r in tallies}
+        if set(tallies) != set(self._history):
+            return None
+        for rank, (t, tally) in tallies.items():
+            history = self._history[rank]
+            if not history or tally.looks > history[-1][1].looks:
+                history.append((t, tally))
+            while len(history) > 1 and history[1][0] <= history[-1][0] - self.window_s:
+                history.popleft()
+        starts = [h[0][0] for h in self._history.values()]
+        ends = [h[-1][0] for h in self._history.values()]
+        if min(ends) - max(starts) < self.window_s * 0.95:
+            return None
+        looks = {r: h[-1][1].since(h[0][1]) for r, h in self._history.items()}
+        return Window(looks, min(starts), max(ends))
+
+    def _judge(self, t: float, window: Window) -> list[Finding]:
+        verdict = window.verdict()
+        if verdict is not None:
+            score = Window.score(verdict[1], verdict[2])
+            if self.closest is None or score > self.closest.score:
+                self.closest = Closest(t, self._attempt, *verdict, score)
+        named = window.slow()
+        step = 0.0 if self._last_t is None else t - self._last_t
+        self._last_t = t
         current = self._open
-        if current is not None and (named is None or named != current.rank):
-            if named is None and sample.t - current.to_t < self.window_s:
-                named = current.rank  # the episode goes on until a window without it
-            else:
-                self._open = current = None
+        if current is not None and (named is None or named[0] != current.rank):
+            if named is None and t - current.to_t < self.window_s:
+                return []  # the episode goes on until a window without it
+            self._open = current = None
         if named is None:
-            return opened
+            return []
+        rank, gap = named
+        opened = []
         if current is None:
-            current = Finding("slow_rank", named, sample.attempt, self._first(named), sample.t)
-            for e in self._seen:
-                _count(current, e)
+            current = Finding("slow_rank", rank, self._attempt, window.start_t, t)
+            current.waited_s = gap * (window.end_t - window.start_t)
             self._open = current
             self.findings.append(current)
             opened.append(current)
         else:
-            _count(current, entry)
-            if entry.rank == named:
-                current.waited_s += step
-        if entry.rank == named:
-            current.to_t = sample.t
-        _settle(current)
-        if current in opened:
-            current.waited_s = self._estimated_wait(named)
+            current.waited_s += gap * step
+        current.to_t = t
+        current.function, current.where = window.busy_in(rank)
+        current.waited_in, current.waited_where = window.waited_in(rank)
         return opened
-
-    def _first(self, rank: int) -> float:
-        return next(e.t for e in self._seen if e.rank == rank)
-
-    def _estimated_wait(self, rank: int) -> float:
-        """The others' waiting time behind ``rank`` in the window, from the sample rate."""
-        if len(self._seen) < 2:
-            return 0.0
-        per_sample = (self._seen[-1].t - self._seen[0].t) / (len(self._seen) - 1)
-        return per_sample * sum(1 for e in self._seen if e.rank == rank)
 
     def _note_stalls(self, sample: Sample) -> None:
         """A rank waiting in one place (same stack) for :data:`STALL_S` or more stalled."""
@@ -166,7 +264,7 @@ class Detector:
                 self._stalls.pop(rank, None)
                 continue
             if going is None or going[0] != place.key:
-                stall = Finding("stall", rank, sample.attempt, sample.t, sample.t)
+                stall = Finding("stall", rank, self._attempt, sample.t, sample.t)
                 stall.waited_in, stall.waited_where = place.call, place.place
                 self._stalls[rank] = (place.key, stall)
                 continue
@@ -174,47 +272,3 @@ class Detector:
             stall.to_t = sample.t
             if stall.to_t - stall.from_t >= STALL_S and stall not in self.findings:
                 self.findings.append(stall)
-
-
-def _classify(sample: Sample) -> _Alone | None:
-    """The sample's one busy rank, if every other waited; None if a rank was not seen."""
-    live = [look for look in sample.looks.values() if look.proc is not None]
-    if len(live) < 2 or any(look.where is None for look in live):
-        return None
-    busy = [look for look in live if look.where is not None and not look.where.waiting]
-    waiting = tuple(look.where for look in live if look.where is not None and look.where.waiting)
-    working = tuple((look.rank, look.where) for look in busy if look.where is not None)
-    if len(busy) == 1 and len(waiting) == len(live) - 1:
-        return _Alone(sample.t, busy[0].rank, busy[0].where, waiting, working, len(live))
-    return _Alone(sample.t, None, None, (), working, len(live))
-
-
-def _count(finding: Finding, entry: _Alone) -> None:
-    """Take one sample of the episode into the finding's tallies."""
-    if entry.rank == finding.rank:
-        for w in entry.waiting:
-            finding._waits[(w.call, w.place)] += 1
-    finding._samples += 1
-    finding._peer_samples += max(entry.ranks - 1, 1)
-    for rank, place in entry.working:
-        if rank == finding.rank:
-            finding._mine[place.function] += 1
-            finding._places[(place.function, place.place)] += 1
-        else:
-            finding._theirs[place.function] += 1
-
-
-def _settle(finding: Finding) -> None:
-    """The function in which the named rank spends more of its time than its peers do
-    (the largest excess share: the extra work, not where the lateness shows), and its
-    most frequent line."""
-    if finding._mine:
-        mine, theirs = finding._samples, finding._peer_samples
-        function = max(
-            finding._mine,
-            key=lambda f: (finding._mine[f] / mine - finding._theirs[f] / theirs, f or ""),
-        )
-        lines = Counter({p: n for (f, p), n in finding._places.items() if f == function})
-        finding.function, finding.where = function, lines.most_common(1)[0][0]
-    if finding._waits:
-        (finding.waited_in, finding.waited_where), _ = finding._waits.most_common(1)[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from icelaunch._diagnosis import Frame, Thread, is_library, user_frames, user_threads
+from icelaunch._diagnosis._format import Frame, Thread, is_library, user_frames, user_threads
 
 _SEP = os.sep
 #: torch's modules in which a rank that does not run waits for its peers
