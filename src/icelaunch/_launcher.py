@@ -123,10 +123,10 @@ class ElasticLauncher(Configurable):
                 end, memory and CPU time, waits, slow-rank findings, stacks at a stop,
                 the failure. Written atomically; None: no report.
             slow_rank: name the rank that holds the others back, with no code change:
-                the ranks' stacks are sampled twice a second, and a rank that alone
-                is busy while all others wait in a collective, again and again over
-                this many seconds, is named in a WARNING and the report. None turns
-                the sampling of stacks off.
+                each rank counts how often its main thread waits in a collective (20
+                looks a second, no signal), and a rank that waits far less than all
+                the others over this many seconds is named in a WARNING and the
+                report. None turns the ranks' sampling off.
 
         Raises:
             ValueError: an argument breaks its rule (the message quotes it).
