@@ -87,15 +87,17 @@ def start_sampler(run_dir: str, who: Identity, interval: float) -> None:
     step = interval / LOOKS_PER_SAMPLE
 
     def loop() -> None:
-        counter = _Counter(tid, ident)
+        counter, written = _Counter(tid, ident), -1
         try:
             while True:
                 now = time.monotonic()
                 tick = math.floor(now / step) + 1
                 time.sleep(max(0.0, tick * step - now))
                 frames = counter.look()
-                if tick % LOOKS_PER_SAMPLE == 0 and not counter.write(path, frames):
-                    return  # the run folder is gone: the launch ended
+                if tick // LOOKS_PER_SAMPLE != written:  # a late wake-up still writes
+                    written = tick // LOOKS_PER_SAMPLE
+                    if not counter.write(path, frames):
+                        return  # the run folder is gone: the launch ended
         finally:
             counter.close()
 
