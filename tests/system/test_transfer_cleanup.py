@@ -137,7 +137,8 @@ if __name__ == "__main__":
     launcher = ElasticLauncher("cpu:0-1", monitor_interval=0.5).freeze()
     launcher(worker, launcher)
 """
-WINDOW_TRIES = 12
+#: kills per run (a fresh seed each run; ``ICELAUNCH_WINDOW_TRIES=50`` to hunt a race)
+WINDOW_TRIES = int(os.environ.get("ICELAUNCH_WINDOW_TRIES", "6"))
 
 
 def _tree(pid: int) -> list[psutil.Process]:
