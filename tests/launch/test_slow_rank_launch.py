@@ -71,6 +71,10 @@ def test_a_slow_rank_of_a_function_launch_is_named_with_its_function(tmp_path: P
     findings = [f for f in doc["findings"] if f["kind"] == "slow_rank"]
     assert [(f["rank"], f["function"]) for f in findings] == [(SLOW_RANK, "load_batch")]
     assert findings[0]["waited_s"] > 0 and findings[0]["to_s"] > findings[0]["from_s"]
+    shares = {r["rank"]: r["waited_share"] for r in doc["ranks"]}
+    assert min(shares, key=lambda r: shares[r]) == SLOW_RANK, shares  # the others waited
+    closest = doc["slow_rank_closest"]
+    assert closest["rank"] == SLOW_RANK and closest["score"] >= 1, closest
     events = [e for e in doc["events"] if e["kind"] == "slow_rank"]
     assert [e["rank"] for e in events] == [SLOW_RANK]
     assert not os.path.exists(str(report) + ".tmp")
