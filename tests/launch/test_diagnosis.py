@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 THIS_FILE = os.path.abspath(__file__)
 SLACK_S = 20.0  # start-up and stop on a loaded two-core machine
-TIMEOUT_S = 25  # above the ranks' start-up on a loaded machine
+TIMEOUT_S = 15  # above the ranks' start-up on a loaded machine (a few seconds)
 
 
 def _here(folder: str, rank: int) -> None:

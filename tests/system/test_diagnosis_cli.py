@@ -475,12 +475,12 @@ dist.all_reduce(torch.ones(1))
 """
 
 
-@pytest.mark.parametrize("option", ["--timeout=30", "--hang-timeout=3"])
+@pytest.mark.parametrize("option", ["--timeout=20", "--hang-timeout=3"])
 def test_script_time_limits_show_where_the_ranks_are(tmp_path: Path, option: str) -> None:
     argv, _ = _command(tmp_path, HANG_AFTER_STEPS, option)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert result.returncode == 124, result.stderr
-    why = "timeout=30 s" if "=30" in option else "no rank computed, woke up from a wait or"
+    why = "timeout=20 s" if "=20" in option else "no rank computed, woke up from a wait or"
     assert why in result.stderr
     assert "rank 1: time.sleep(600)  (job.py:7 in stuck_in_a_script)" in result.stderr
     assert "rank 0: dist.all_reduce(torch.ones(1))  (job.py:14 in <module>)" in result.stderr
