@@ -250,7 +250,8 @@ def quiet_table(runs: list[dict[str, Any]], seconds: float) -> str:
         near = run["closest"]
         detail = (
             f"{near['score']:.2f} (rank {near['rank']} waited {near['gap']:.1%} of the time "
-            f"less than the others' median, {near['next_gap']:.1%} less than the next rank)"
+            f"less than the others' median, {near['next_gap']:.1%} less than the next rank, "
+            f"used {near['cpu_ratio'] or 0:.2f}x their CPU time)"
             if "rank" in near
             else "never judged"
         )
@@ -365,7 +366,7 @@ def _note(what: str, run: dict[str, Any]) -> None:
         f"  {what}: step {run['mean_step_ms']:.0f} ms, CPU {run['cpu_ms']:.0f} ms, "
         f"flag {run['flag_s']} s (exit {run['exit_status']}) "
         f"({run['flag_rank']}, {run['flag_function']}), {len(run['findings'])} findings, "
-        f"closest {run['closest']['score']}, load {run['load']}, {run['wall_s']} s",
+        f"closest {run['closest'].get('score', '-')}, load {run['load']}, {run['wall_s']} s",
         file=sys.stderr,
         flush=True,
     )

@@ -15,7 +15,15 @@ from icelaunch._diagnosis import Frame, Look, Tally, Where, where_in
 from icelaunch._diagnosis._sampling import Seen, read_sample, sampling_interval, start_sampler
 from icelaunch._rundir import Identity
 from icelaunch._watching import Detector, Finding, RankLook, Sample
-from icelaunch._watching._slow import MIN_GAP, MIN_LOOKS, SEPARATION, STALL_S, Window
+from icelaunch._watching._slow import (
+    MIN_GAP,
+    MIN_GAP_ANY,
+    MIN_LOOKS,
+    MORE_WORK,
+    SEPARATION,
+    STALL_S,
+    Window,
+)
 
 TORCH = "/venv/lib/python3.11/site-packages/torch"
 TRAIN = "/home/me/train.py"
@@ -68,14 +76,21 @@ def test_frames_without_user_code_say_nothing() -> None:
 class _Job:
     """Hand-made samples of ``n`` ranks every 0.5 s: each rank's counts grow by 10 looks,
     of which ``waits[rank]`` waited in all_reduce; the others were busy in ``train``, or
-    (for ``extra[rank]`` of them) in ``load_batch``."""
+    (for ``extra[rank]`` of them) in ``load_batch``. A busy look costs 5 CPU ticks,
+    unless ``ticks[rank]`` says how many the rank used (the same work, done slowly)."""
 
     def __init__(self, n: int = 4, attempt: int = 0) -> None:
         self.n, self.attempt, self.t = n, attempt, 0.0
         self.seen: list[Counter[Seen]] = [Counter() for _ in range(n)]
         self.looks = [0] * n
+        self.cpu = [0] * n
 
-    def sample(self, waits: list[int], extra: dict[int, int] | None = None) -> Sample:
+    def sample(
+        self,
+        waits: list[int],
+        extra: dict[int, int] | None = None,
+        ticks: dict[int, int] | None = None,
+    ) -> Sample:
         self.t += 0.5
         looks = {}
         for rank in range(self.n):
@@ -84,9 +99,10 @@ class _Job:
             self.seen[rank][(False, "load_batch", "data.py:40", None)] += loading
             self.seen[rank][(False, "train", "train.py:15", None)] += 10 - waits[rank] - loading
             self.looks[rank] += 10
+            self.cpu[rank] += (ticks or {}).get(rank, 5 * (10 - waits[rank]))
             tally = Tally(self.looks[rank], dict(self.seen[rank]))
             place = where_in(WAITING, "S") if waits[rank] else where_in(BACKWARD, "R")
-            proc = Look(1000 + rank, "1", "R", 0, 0)
+            proc = Look(1000 + rank, "1", "R", self.cpu[rank], 0)
             looks[rank] = RankLook(rank, rank, 1000 + rank, proc, place, True, tally, self.t)
         return Sample(self.t, self.attempt, looks)
 
@@ -126,6 +142,34 @@ def test_two_slow_ranks_are_not_one_slow_rank() -> None:
         detector.add(job.sample([4, 1, 1, 4]))
     assert SEPARATION > 0
     assert _slow_findings(detector) == []
+
+
+def test_a_rank_waiting_less_for_the_same_work_is_unlucky_not_slow() -> None:
+    """A CPU hog beside the job slows one rank for a while: it waits less than its peers
+    but uses no more CPU than they do. Named only once its gap is large (any cause)."""
+    detector, job = Detector(window_s=30), _Job()
+    same = {r: 35 for r in range(4)}
+    for _ in range(200):  # 10 % of the time less: a clear gap, the same work
+        detector.add(job.sample([3, 3, 2, 3], ticks=same))
+    assert _slow_findings(detector) == []
+    closest = detector.closest
+    assert closest is not None and closest.rank == 2 and closest.score < 1
+    assert closest.cpu_ratio == pytest.approx(1.0)
+    detector, job = Detector(window_s=30), _Job()
+    assert MIN_GAP_ANY <= 0.2
+    for _ in range(200):  # 20 % less (sleeping while reading data, say): named
+        detector.add(job.sample([3, 3, 1, 3], ticks=same))
+    assert [f.rank for f in _slow_findings(detector)] == [2]
+
+
+def test_more_work_names_a_rank_at_a_smaller_gap() -> None:
+    detector, job = Detector(window_s=30), _Job(n=8)
+    for _ in range(200):  # 10 % less waiting, and more CPU time than the others
+        detector.add(job.sample([4, 4, 4, 4, 4, 4, 3, 4], extra={6: 1}))
+    (finding,) = _slow_findings(detector)
+    assert (finding.rank, finding.function) == (6, "load_batch")
+    assert detector.closest is not None and detector.closest.cpu_ratio is not None
+    assert detector.closest.cpu_ratio >= MORE_WORK
 
 
 def test_a_gap_below_the_rule_is_not_named() -> None:
@@ -181,7 +225,10 @@ def test_the_window_names_the_least_waiting_rank_and_its_gap() -> None:
         r: last.looks[r].tally.since(first.looks[r].tally)  # type: ignore[union-attr]
         for r in range(3)
     }
-    window = Window(looks, first.t, last.t)
+    cpu = {r: 100 for r in range(3)}
+    cpu[1] = 150
+    window = Window(looks, first.t, last.t, cpu)
+    assert window.cpu_ratio(1) == pytest.approx(1.5)
     assert window.share(0) == pytest.approx(0.4)
     named = window.slow()
     assert (

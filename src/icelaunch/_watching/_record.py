@@ -248,6 +248,7 @@ class Recorder:
             "rank": c.rank,
             "gap": round(c.gap, 3),
             "next_gap": round(c.next_gap, 3),
+            "cpu_ratio": None if c.cpu_ratio is None else round(c.cpu_ratio, 3),
             "score": round(c.score, 2),
         }
 

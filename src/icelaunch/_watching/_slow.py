@@ -16,9 +16,15 @@ named when
   wait at the rendezvous, is not held against it), with at least
   :data:`MIN_LOOKS` looks of every rank;
 - R waits least: at least :data:`MIN_GAP` of the time less than the median
-  of the others (each of them lost about that share of its time to R); and
+  of the others (each of them lost about that share of its time to R);
 - R stands alone: the next-least-waiting rank waits at least
-  :data:`SEPARATION` of that gap more than R.
+  :data:`SEPARATION` of that gap more than R; and
+- R does more work: it used at least :data:`MORE_WORK` times the CPU time of
+  the others' median (``/proc``), or its gap is :data:`MIN_GAP_ANY` or more
+  (a rank slow for any reason: reading data, a slower device). A rank that
+  is only unlucky in the scheduler's hands (a CPU hog beside the job) does the
+  same work as its peers and waits a few percent less now and then: never
+  both.
 
 The finding names where the others waited most, and the function in which R
 spends more of its time than its peers do (the largest excess share: the
@@ -39,6 +45,8 @@ from icelaunch._watching._sampler import Sample
 MIN_LOOKS = 100
 MIN_GAP = 0.05
 SEPARATION = 0.5
+MORE_WORK = 1.1
+MIN_GAP_ANY = 0.15
 #: a rank that waits in the same place this long has stalled (recorded, not warned)
 STALL_S = 10.0
 
@@ -82,7 +90,8 @@ class Closest:
     rank: int  # the least-waiting rank of that window
     gap: float  # its gap to the others' median share of waiting
     next_gap: float  # its gap to the next least-waiting rank
-    score: float  # min(gap / MIN_GAP, next_gap / (SEPARATION * gap)): 1 or more names it
+    cpu_ratio: float | None  # its CPU time over the others' median
+    score: float  # Window.score: 1 or more names it
 
 
 @dataclass(frozen=True)
@@ -92,35 +101,47 @@ class Window:
     looks: dict[int, Tally]  # by global rank, the looks taken in the window
     start_t: float
     end_t: float
+    cpu: dict[int, int] | None = None  # by global rank, CPU ticks used in the window
+
+    def cpu_ratio(self, rank: int) -> float | None:
+        """``rank``'s CPU time over the others' median in the window (None: unknown)."""
+        if self.cpu is None:
+            return None
+        others = statistics.median(n for r, n in self.cpu.items() if r != rank)
+        return self.cpu[rank] / others if others > 0 else None
 
     def share(self, rank: int) -> float:
         """The share of ``rank``'s looks that found it waiting in a collective."""
         tally = self.looks[rank]
         return tally.waiting / tally.looks
 
-    def verdict(self) -> tuple[int, float, float] | None:
-        """The least-waiting rank, its gap to the others' median, and to the next rank;
-        None without :data:`MIN_LOOKS` looks of every rank (or with one rank)."""
+    def verdict(self) -> tuple[int, float, float, float | None] | None:
+        """The least-waiting rank, its gap to the others' median and to the next rank, its
+        CPU ratio; None without :data:`MIN_LOOKS` looks of every rank (or with one rank)."""
         if len(self.looks) < 2 or min(t.looks for t in self.looks.values()) < MIN_LOOKS:
             return None
         shares = sorted((self.share(r), r) for r in self.looks)
         least, rank = shares[0]
-        return rank, statistics.median(s for s, _ in shares[1:]) - least, shares[1][0] - least
+        gap = statistics.median(s for s, _ in shares[1:]) - least
+        return rank, gap, shares[1][0] - least, self.cpu_ratio(rank)
 
     def slow(self) -> tuple[int, float] | None:
         """The rank the rule names and its gap, None if none."""
         verdict = self.verdict()
         if verdict is None:
             return None
-        rank, gap, next_gap = verdict
-        return (rank, gap) if gap >= MIN_GAP and next_gap >= SEPARATION * gap else None
+        rank, gap, next_gap, cpu_ratio = verdict
+        return (rank, gap) if Window.score(gap, next_gap, cpu_ratio) >= 1 else None
 
     @staticmethod
-    def score(gap: float, next_gap: float) -> float:
+    def score(gap: float, next_gap: float, cpu_ratio: float | None) -> float:
         """How near a verdict comes to the rule: 1 or more names the rank."""
         if gap <= 0:
             return 0.0
-        return min(gap / MIN_GAP, next_gap / (SEPARATION * gap))
+        work = gap / MIN_GAP_ANY
+        if cpu_ratio is not None:
+            work = max(work, (cpu_ratio - 1) / (MORE_WORK - 1))
+        return min(gap / MIN_GAP, next_gap / (SEPARATION * gap), work)
 
     def busy_in(self, rank: int) -> tuple[str | None, str | None]:
         """The function ``rank`` is busy in more than its peers (largest excess share of
@@ -171,7 +192,7 @@ class Detector:
         self.window_s = window_s
         self.findings: list[Finding] = []
         self._attempt = -1
-        self._history: dict[int, deque[tuple[float, Tally]]] = {}
+        self._history: dict[int, deque[tuple[float, Tally, int]]] = {}  # (t, tally, CPU)
         self._first_t: float | None = None
         self._synced = False
         self._open: Finding | None = None
@@ -199,22 +220,22 @@ class Detector:
         for rank, look in sample.looks.items():
             if look.proc is None or look.tally is None or look.tally.looks == 0:
                 return None
-            tallies[rank] = (look.tally_t, look.tally)
+            tallies[rank] = (look.tally_t, look.tally, look.proc.cpu_ticks)
         if len(tallies) < 2:
             return None
         self._first_t = sample.t if self._first_t is None else self._first_t
         if not self._synced:
-            waited = all(t.waiting > 0 for _, t in tallies.values())
+            waited = all(t.waiting > 0 for _, t, _ in tallies.values())
             if not waited and sample.t - self._first_t < self.window_s:
                 return None
             self._synced = True  # the window starts here
             self._history = {r: deque() for r in tallies}
         if set(tallies) != set(self._history):
             return None
-        for rank, (t, tally) in tallies.items():
+        for rank, (t, tally, ticks) in tallies.items():
             history = self._history[rank]
             if not history or tally.looks > history[-1][1].looks:
-                history.append((t, tally))
+                history.append((t, tally, ticks))
             while len(history) > 1 and history[1][0] <= history[-1][0] - self.window_s:
                 history.popleft()
         starts = [h[0][0] for h in self._history.values()]
@@ -222,12 +243,13 @@ class Detector:
         if min(ends) - max(starts) < self.window_s * 0.95:
             return None
         looks = {r: h[-1][1].since(h[0][1]) for r, h in self._history.items()}
-        return Window(looks, min(starts), max(ends))
+        used = {r: h[-1][2] - h[0][2] for r, h in self._history.items()}
+        return Window(looks, min(starts), max(ends), used)
 
     def _judge(self, t: float, window: Window) -> list[Finding]:
         verdict = window.verdict()
         if verdict is not None:
-            score = Window.score(verdict[1], verdict[2])
+            score = Window.score(*verdict[1:])
             if self.closest is None or score > self.closest.score:
                 self.closest = Closest(t, self._attempt, *verdict, score)
         named = window.slow()
