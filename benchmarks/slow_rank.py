@@ -290,21 +290,20 @@ def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
         rows += [
             f"| {what}, `--slow-rank off` | {statistics.mean(off):.1f} | {stat(off)} "
             "| 1.000x | | |",
-            f"| {what}, default (samples every 0.5 s) | {statistics.mean(on):.1f} | {stat(on)} "
+            f"| {what}, default (20 looks a second) | {statistics.mean(on):.1f} | {stat(on)} "
             f"| {statistics.mean(on) / statistics.mean(off):.3f}x | {mean:.3f}x "
             f"({min(ratios):.3f}-{max(ratios):.3f}) | +-{noise:.1%} |",
         ]
         if key == "mean_step_ms":
             notes.append(verdict(mean - 1, noise))
     cost = direct_costs()
-    per_s = 1 / SAMPLE_S
     notes.append(
         f"\n\nDirect CPU cost of sampling, measured alone: a rank's look at its own main "
-        f"thread {cost['rank_ms']:.3f} ms ({cost['rank_ms'] * per_s / 10:.3f} % of a core at "
-        f"{per_s:g} looks a second); the launcher reading and judging 4 ranks' looks "
-        f"{cost['launcher_extra_ms']:.3f} ms more a sample than reading their /proc alone "
-        f"({cost['launcher_without_ms']:.3f} ms): {cost['launcher_extra_ms'] * per_s / 10:.3f} % "
-        "of a core."
+        f"thread {cost['look_ms']:.3f} ms, its sample file {cost['write_ms']:.3f} ms: "
+        f"{cost['rank_percent']:.3f} % of a core at 20 looks and 2 files a second; the "
+        f"launcher reading and judging 4 ranks' samples {cost['launcher_extra_ms']:.3f} ms more "
+        f"a sample than reading their /proc alone ({cost['launcher_without_ms']:.3f} ms): "
+        f"{cost['launcher_extra_ms'] / SAMPLE_S / 10:.3f} % of a core."
     )
     return "\n".join(rows) + "\n\n" + " ".join(notes)
 
@@ -314,8 +313,9 @@ def _pair(run: dict[str, Any]) -> int:
 
 
 def direct_costs(ranks: int = 4, count: int = 2000) -> dict[str, float]:
-    """CPU ms of one sample, without noise: a rank's look at its own main thread, and
-    what the launcher does more for ``ranks`` ranks when it reads and judges their looks."""
+    """CPU cost without noise: a rank's look at its own main thread and its sample file
+    (ms each, and % of a core), and what the launcher does more for ``ranks`` ranks when it
+    reads and judges their samples (ms a sample)."""
     from icelaunch import _rundir
     from icelaunch._diagnosis import _sampling
     from icelaunch._watching import Detector, Member, Sampler
@@ -323,16 +323,27 @@ def direct_costs(ranks: int = 4, count: int = 2000) -> dict[str, float]:
     main = threading.main_thread()
     assert main.native_id is not None and main.ident is not None
     tid, ident = main.native_id, main.ident
+    counter = _sampling._Counter(tid, ident)
     with tempfile.TemporaryDirectory(prefix="slowbench-") as run_dir:
         paths = [_rundir.sample_path(run_dir, 0, r) for r in range(ranks)]
-        own = _deep(20, lambda: _cpu_ms(lambda: _sampling._write(paths[0], tid, ident), count))
+        look = _deep(20, lambda: _cpu_ms(counter.look, count))
+        frames = _deep(20, counter.look)
+        write = _cpu_ms(lambda: counter.write(paths[0], frames), count)
         for path in paths[1:]:
             shutil.copyfile(paths[0], path)
         members = {r: Member(r, os.getpid()) for r in range(ranks)}
         sampler, detector = Sampler(interval_s=1e6), Detector(30.0)  # the files never age
         looks = _cpu_ms(lambda: detector.add(sampler.sample(run_dir, 0, members)), count)
         procs = _cpu_ms(lambda: sampler.sample(run_dir, 0, members, None), count)
-    return {"rank_ms": own, "launcher_extra_ms": looks - procs, "launcher_without_ms": procs}
+    counter.close()
+    per_s = _sampling.LOOKS_PER_SAMPLE * look / SAMPLE_S + write / SAMPLE_S  # ms a second
+    return {
+        "look_ms": look,
+        "write_ms": write,
+        "rank_percent": per_s / 10,
+        "launcher_extra_ms": looks - procs,
+        "launcher_without_ms": procs,
+    }
 
 
 def _cpu_ms(work: Any, count: int) -> float:
