@@ -290,7 +290,7 @@ def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
         rows += [
             f"| {what}, `--slow-rank off` | {statistics.mean(off):.1f} | {stat(off)} "
             "| 1.000x | | |",
-            f"| {what}, default (20 looks a second) | {statistics.mean(on):.1f} | {stat(on)} "
+            f"| {what}, default (10 looks a second) | {statistics.mean(on):.1f} | {stat(on)} "
             f"| {statistics.mean(on) / statistics.mean(off):.3f}x | {mean:.3f}x "
             f"({min(ratios):.3f}-{max(ratios):.3f}) | +-{noise:.1%} |",
         ]
@@ -300,7 +300,8 @@ def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
     notes.append(
         f"\n\nDirect CPU cost of sampling, measured alone: a rank's look at its own main "
         f"thread {cost['look_ms']:.3f} ms, its sample file {cost['write_ms']:.3f} ms: "
-        f"{cost['rank_percent']:.3f} % of a core at 20 looks and 2 files a second; the "
+        f"{cost['rank_percent']:.3f} % of a core at {cost['looks_per_s']:g} looks and 2 files a "
+        "second; the "
         f"launcher reading and judging 4 ranks' samples {cost['launcher_extra_ms']:.3f} ms more "
         f"a sample than reading their /proc alone ({cost['launcher_without_ms']:.3f} ms): "
         f"{cost['launcher_extra_ms'] / SAMPLE_S / 10:.3f} % of a core."
@@ -341,6 +342,7 @@ def direct_costs(ranks: int = 4, count: int = 2000) -> dict[str, float]:
         "look_ms": look,
         "write_ms": write,
         "rank_percent": per_s / 10,
+        "looks_per_s": _sampling.LOOKS_PER_SAMPLE / SAMPLE_S,
         "launcher_extra_ms": looks - procs,
         "launcher_without_ms": procs,
     }

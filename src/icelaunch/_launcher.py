@@ -123,7 +123,7 @@ class ElasticLauncher(Configurable):
                 end, memory and CPU time, waits, slow-rank findings, stacks at a stop,
                 the failure. Written atomically; None: no report.
             slow_rank: name the rank that holds the others back, with no code change:
-                each rank counts how often its main thread waits in a collective (20
+                each rank counts how often its main thread waits in a collective (10
                 looks a second, no signal), and a rank that waits far less than all
                 the others over this many seconds is named in a WARNING and the
                 report. None turns the ranks' sampling off.

@@ -14,7 +14,7 @@ Data flow::
                                                   why_silent(): a note for each that gave none
                                                   group(): identical stacks once, odd ones first
     while <run>/sampling exists: a thread  ---->  read_sample(): where each rank's main thread
-      looks at the main thread 20 times a s,      is and how often it waited, no signal sent
+      looks at the main thread 10 times a s,      is and how often it waited, no signal sent
       _frames: waiting in a collective or         (_sampling; the watching room's slow-rank
       busy -> sample-A-L.txt (counts, frames)     rule)
     /proc/<pid>/stat, status (CPU time,    ---->  Watch: timeout, hang_timeout (_progress: a

@@ -1,7 +1,7 @@
 """The slow rank, named from the ranks' own counts of their waiting, and stalls.
 
 Each rank counts how often its main thread waits in a collective
-(``_diagnosis._sampling``: 20 looks a second, by the rank itself). Where ranks
+(``_diagnosis._sampling``: 10 looks a second, by the rank itself). Where ranks
 meet at collectives, the rank that holds the others back is the one that
 waits least: its peers wait for it. Without a slow rank the last to arrive
 changes from step to step, and over a window every rank waits about as much.
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from icelaunch._diagnosis import Tally
 from icelaunch._watching._sampler import Sample
 
-MIN_LOOKS = 100
+MIN_LOOKS = 40
 MIN_GAP = 0.05
 SEPARATION = 0.5
 MORE_WORK = 1.1
