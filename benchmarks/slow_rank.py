@@ -19,7 +19,7 @@ Prints markdown tables with ratios; ``--json PATH`` writes every sample.
 
     python benchmarks/slow_rank.py [--only detect|quiet|overhead] [--repeats 3]
         [--sizes 4,8] [--units 4:60,8:30] [--quiet-seconds 300] [--pairs 5]
-        [--pair-seconds 40] [--json PATH] [--keep DIR]
+        [--pair-seconds 40] [--overhead-ranks 4] [--json PATH] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -263,11 +263,13 @@ def quiet_table(runs: list[dict[str, Any]], seconds: float) -> str:
     return "\n".join(rows)
 
 
-def overhead(pairs: int, seconds: float, units: float, keep: str | None) -> list[dict[str, Any]]:
+def overhead(
+    pairs: int, seconds: float, units: float, keep: str | None, ranks: int = 4
+) -> list[dict[str, Any]]:
     runs = []
     for p in range(pairs):
         for sampling in (False, True) if p % 2 == 0 else (True, False):  # ABBA: drift cancels
-            run = launch(4, units, seconds, sampling=sampling, keep=keep)
+            run = launch(ranks, units, seconds, sampling=sampling, keep=keep)
             run["pair"] = p
             runs.append(run)
             _note(f"overhead {p + 1}/{pairs} sampling={'on' if sampling else 'off'}", run)
@@ -276,7 +278,8 @@ def overhead(pairs: int, seconds: float, units: float, keep: str | None) -> list
 
 def overhead_table(runs: list[dict[str, Any]], seconds: float) -> str:
     rows = [
-        f"| 4 ranks, {sum(1 for r in runs if r['sampling'])} interleaved pairs of {seconds:g} s "
+        f"| {runs[0]['ranks']} ranks, {sum(1 for r in runs if r['sampling'])} interleaved pairs "
+        f"of {seconds:g} s "
         "| mean | median (min-max) | vs off | per pair on / off: mean, min-max | noise (2 SE) |",
         "|---|---|---|---|---|---|",
     ]
@@ -404,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hog", type=int, default=2, help="busy processes beside one quiet run")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--pair-seconds", type=float, default=40.0)
+    parser.add_argument("--overhead-ranks", type=int, default=4, help="ranks of the pairs")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--keep", metavar="DIR", help="keep every run report in DIR")
     args = parser.parse_args(argv)
@@ -430,7 +434,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tables.append("No false flag\n\n" + quiet_table(result["quiet"], args.quiet_seconds))
         save()
     if args.only in (None, "overhead"):
-        result["overhead"] = overhead(args.pairs, args.pair_seconds, units[4], args.keep)
+        result["overhead"] = overhead(
+            args.pairs, args.pair_seconds, units[4], args.keep, args.overhead_ranks
+        )
         tables.append(
             "Sampling overhead, interleaved off/on\n\n"
             + overhead_table(result["overhead"], args.pair_seconds)
